@@ -1,0 +1,1 @@
+"""Data: readers for the official layouts, taxonomies, images, splits, the synthetic default."""

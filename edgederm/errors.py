@@ -1,0 +1,47 @@
+"""User-facing errors.
+
+Every error a user can cause (bad path, corrupt image, class-list mismatch, missing extra) is an
+``EdgedermError``: the CLI prints its message as one line and exits with ``exit_code`` instead of
+showing a traceback. Library callers can catch it like any exception.
+"""
+
+from __future__ import annotations
+
+
+class EdgedermError(Exception):
+    """An error with a one-line, actionable message for the user."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class DataError(EdgedermError):
+    """A data set, CSV or image cannot be read as described."""
+
+
+class ImageError(DataError):
+    """One image cannot be decoded (corrupt, truncated, empty, too large, unsupported)."""
+
+
+class ClassMismatchError(EdgedermError):
+    """The class list of an artifact card does not match the data it is used with."""
+
+
+class CardError(EdgedermError):
+    """An artifact card is missing, malformed, or of an unsupported schema version."""
+
+
+class MissingExtraError(EdgedermError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, extra: str, package: str, purpose: str = "") -> None:
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(
+            f"'{package}' is not installed{what}: pip install 'edgederm[{extra}]'"
+        )
+        self.extra = extra
+        self.package = package
