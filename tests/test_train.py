@@ -1,0 +1,106 @@
+"""Training at toy scale on the synthetic data set: run folder, card, runtime reload, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgederm.card import load_card
+from edgederm.checkpoint import load_checkpoint
+from edgederm.data.readers import read_dataset
+from edgederm.data.splits import apply_split, read_split_csv
+from edgederm.errors import EdgedermError
+from edgederm.evaluate import evaluate
+from edgederm.runtime import load
+from edgederm.train import MemberConfig, TrainConfig, load_recipe, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgederm.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("data") / "synthetic", n_lesions=70, size=48, seed=3)
+
+
+def _cfg(data: Path, out: Path, name: str, epochs: int = 2, members: int = 2) -> TrainConfig:
+    cfg = TrainConfig(
+        name=name,
+        data=str(data),
+        format="ham10000",
+        out=str(out),
+        n_boot=50,
+        tta=["identity", "hflip"],
+        members=[
+            MemberConfig(model="small_cnn", input_size=32, epochs=epochs, batch_size=16, lr=3e-3, kwargs={"width": 4}),
+            MemberConfig(model="small_cnn", input_size=24, epochs=epochs, batch_size=16, lr=3e-3, kwargs={"width": 4}),
+        ],
+    )
+    cfg.members = cfg.members[:members]
+    return cfg
+
+
+def test_toy_run_writes_everything_and_reloads(synth: Path, tmp_path: Path) -> None:
+    run = train(_cfg(synth, tmp_path, "toy"))
+    for f in ("model.pt", "model.pt.card.json", "metrics.json", "split.csv", "recipe.yaml"):
+        assert (run / f).exists(), f
+    assert not (run / ".model.unscored.pt").exists()
+    card = load_card(run / "model.pt.card.json")
+    assert card.classes == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert card.model["kind"] == "ensemble" and len(card.model["members"]) == 2
+    assert abs(sum(m["weight"] for m in card.model["members"]) - 1) < 1e-9
+    assert card.tta["views"] == ["identity", "hflip"]
+    assert card.artifact["sha256"] and card.data["fingerprint"]
+    bacc = card.metrics["test"]["bacc"]
+    assert bacc["lo"] <= bacc["value"] <= bacc["hi"]
+    # The numbers in metrics.json are what the runtime gives when run again by hand.
+    metrics = json.loads((run / "metrics.json").read_text())
+    index = read_dataset(synth, "ham10000", taxonomy="ham7")
+    test = apply_split(index, read_split_csv(run / "split.csv", index))["test"]
+    again = evaluate(load(run / "model.pt"), test, n_boot=50, seed=42)
+    assert again.report["bacc"] == pytest.approx(metrics["test"]["metrics"]["bacc"], abs=1e-12)
+    # Splits are lesion-disjoint.
+    parts = apply_split(index, read_split_csv(run / "split.csv", index))
+    seen = [{r.group for r in parts[s]} for s in ("train", "val", "test")]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    with pytest.raises(EdgedermError, match="already holds a finished run"):
+        train(_cfg(synth, tmp_path, "toy"))
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(synth: Path, tmp_path: Path) -> None:
+    full = train(_cfg(synth, tmp_path / "a", "r", epochs=3, members=1))
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(name: str, state: dict) -> None:
+        if state["epoch"] == 2 and not hasattr(interrupt, "fired"):
+            interrupt.fired = True  # type: ignore[attr-defined]
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(_cfg(synth, tmp_path / "b", "r", epochs=3, members=1), on_epoch_end=interrupt)
+    assert not (tmp_path / "b" / "r" / "model.pt").exists()
+    seen: list[int] = []
+    resumed = train(_cfg(synth, tmp_path / "b", "r", epochs=3, members=1), resume=True,
+                    on_epoch_end=lambda name, state: seen.append(state["epoch"]))
+    assert seen == [3]  # it continued from the saved epoch instead of starting over
+    ma, _ = load_checkpoint(full / "model.pt")
+    mb, _ = load_checkpoint(resumed / "model.pt")
+    for a, b in zip(ma, mb):
+        for k in a.state_dict:
+            assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+
+
+def test_recipes_parse(tmp_path: Path) -> None:
+    for recipe in sorted((REPO / "train").glob("*.yaml")):
+        cfg = load_recipe(recipe)
+        assert cfg.members, recipe
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: y\nmembers: [{model: small_cnn, epochz: 3}]\n")
+    with pytest.raises(EdgedermError, match="unknown keys"):
+        load_recipe(bad)
