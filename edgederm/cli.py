@@ -1,0 +1,315 @@
+"""The ``edgederm`` command line (typer).
+
+Every user-caused error is an ``EdgedermError``: ``main`` prints it as one line and exits with
+its code (2 for bad input, 1 for a failed check) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import EdgedermError
+
+log = logging.getLogger("edgederm")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dermoscopy classifiers on edge devices: train, export, gate, bench.")
+data_app = typer.Typer(no_args_is_help=True, help="Read, inspect and split data sets.")
+card_app = typer.Typer(no_args_is_help=True, help="Show and validate artifact cards.")
+app.add_typer(data_app, name="data")
+app.add_typer(card_app, name="card")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname).1s %(name)s: %(message)s" if verbose else "%(message)s",
+    )
+    for noisy in ("PIL", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    _setup_logging(verbose)
+
+
+def _parse_opts(opts: Optional[List[str]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in opts or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EdgedermError(f"--opt takes key=value, got {item!r}")
+        out[key] = value.split(",") if key == "classes" else value
+    return out
+
+
+def _read(path: Path, fmt: str, taxonomy: Optional[str], opts: Optional[List[str]] = None, strict: bool = False):  # noqa: ANN202
+    from .data.readers import read_dataset
+
+    # The reader logs one line with the image count and how many items it skipped.
+    return read_dataset(path, fmt, taxonomy=taxonomy, strict=strict, **_parse_opts(opts))
+
+
+# -- data -----------------------------------------------------------------------------------------
+FORMAT_OPT = typer.Option("auto", "--format", "-f", help="Data set layout (see `edgederm data formats`).")
+TAX_OPT = typer.Option(None, "--taxonomy", "-t", help="Map labels into this taxonomy (ham7, isic2019_8, binary, ...).")
+OPTS_OPT = typer.Option(None, "--opt", help="Reader option key=value, repeatable (e.g. split=test for the ISIC 2019 test set).")
+STRICT_OPT = typer.Option(False, "--strict", help="Fail on missing image files instead of skipping them.")
+
+
+@data_app.command("formats")
+def data_formats() -> None:
+    """List the data-set layouts edgederm reads."""
+    from .data.readers import list_readers
+
+    for name, doc in list_readers():
+        typer.echo(f"{name:12s} {doc}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Path,
+    fmt: str = FORMAT_OPT,
+    taxonomy: Optional[str] = TAX_OPT,
+    opt: Optional[List[str]] = OPTS_OPT,
+    strict: bool = STRICT_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Class counts, lesion counts and image-size statistics of a data set."""
+    from .data.inspect import format_inspection, inspect_dataset
+
+    index = _read(path, fmt, taxonomy, opt, strict)
+    result = inspect_dataset(index)
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else format_inspection(result))
+
+
+@data_app.command("split")
+def data_split(
+    path: Path,
+    out: Path = typer.Option(..., "--out", "-o", help="Split CSV to write."),
+    fmt: str = FORMAT_OPT,
+    taxonomy: Optional[str] = TAX_OPT,
+    opt: Optional[List[str]] = OPTS_OPT,
+    strict: bool = STRICT_OPT,
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction."),
+    kfold: int = typer.Option(0, help="Write K lesion-grouped folds instead (test part held out)."),
+    seed: int = typer.Option(42),
+) -> None:
+    """Write a lesion-grouped, stratified train/val/test (or k-fold) split CSV."""
+    from collections import Counter
+
+    from .data.leakage import check_leakage
+    from .data.splits import make_kfold, make_splits, write_split_csv
+
+    index = _read(path, fmt, taxonomy, opt, strict)
+    if kfold:
+        assignment = make_kfold(index, k=kfold, seed=seed, test=test)
+    else:
+        assignment = make_splits(index, val=val, test=test, seed=seed)
+    write_split_csv(out, index, assignment, seed=seed)
+    counts = Counter(str(v) for v in assignment.values())
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if not kfold:
+        typer.echo(check_leakage(index, assignment, near_duplicates=False).format())
+
+
+@data_app.command("check-leakage")
+def data_check_leakage(
+    path: Path,
+    split: Path = typer.Option(..., "--split", "-s", help="Split CSV (from `edgederm data split`)."),
+    fmt: str = FORMAT_OPT,
+    taxonomy: Optional[str] = TAX_OPT,
+    opt: Optional[List[str]] = OPTS_OPT,
+    strict: bool = STRICT_OPT,
+    near_duplicates: Optional[bool] = typer.Option(None, "--near-duplicates/--no-near-duplicates", help="Perceptual-hash search (default: when lesion ids are missing)."),
+    max_distance: int = typer.Option(4, help="Hamming distance of 64-bit pHashes counted as a near duplicate."),
+) -> None:
+    """Report lesions (or patients) and near-duplicate images that cross splits; exit 1 if any."""
+    from .data.leakage import check_leakage
+    from .data.splits import read_split_csv
+
+    index = _read(path, fmt, taxonomy, opt, strict)
+    assignment = read_split_csv(split, index)
+    report = check_leakage(index, assignment, near_duplicates="auto" if near_duplicates is None else near_duplicates, max_distance=max_distance)
+    typer.echo(report.format())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path,
+    lesions: int = typer.Option(700, help="Number of synthetic lesions."),
+    size: int = typer.Option(128, help="Image side in pixels."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Write the embedded synthetic dermoscopy data set (HAM10000 layout)."""
+    from .data.synthetic import generate
+
+    generate(out, n_lesions=lesions, size=size, seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {out}")
+
+
+# -- models, training ---------------------------------------------------------------------------
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered model architectures."""
+    from .models import get_model_spec, list_models
+
+    for name in list_models():
+        s = get_model_spec(name)
+        typer.echo(f"{name:24s} {s.input_size:4d}px  cam={s.target_layer:16s} {s.description}")
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Path,
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last epoch."),
+    out: Optional[str] = typer.Option(None, help="Override the recipe's output folder."),
+    name: Optional[str] = typer.Option(None, help="Override the run name."),
+    data: Optional[str] = typer.Option(None, help="Override the recipe's data path."),
+) -> None:
+    """Train a recipe (YAML) into a run folder with checkpoint, card and metrics."""
+    from .train import load_recipe, train
+
+    cfg = load_recipe(recipe, out=out, name=name, data=data)
+    os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+    run_dir = train(cfg, resume=resume)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from .metrics import format_metrics_table
+
+    typer.echo(f"\nrun: {run_dir}  ({metrics['train_seconds']:.0f} s)")
+    typer.echo(f"test split, n={metrics['test']['n']}, lesion-level bootstrap 95% CIs:")
+    typer.echo(format_metrics_table(metrics["test"]["ci"]))
+
+
+# -- runtime --------------------------------------------------------------------------------------
+@app.command("predict")
+def predict_cmd(
+    artifact: Path,
+    images: List[Path],
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Use the card's TTA views."),
+    threads: Optional[int] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Classify images with any artifact (probabilities and the card's decision)."""
+    from .data.images import load_image
+    from .errors import ImageError
+    from .runtime import load
+
+    predictor = load(artifact, threads=threads)
+    rows, bad = [], 0
+    for p in images:
+        try:
+            img = load_image(p)
+        except ImageError as e:
+            typer.echo(f"skipped: {e}", err=True)
+            bad += 1
+            continue
+        probs, pred = predictor.predict([img], tta=None if tta else False)
+        rows.append({"image": str(p), "decision": predictor.classes[int(pred[0])], "probabilities": dict(zip(predictor.classes, map(float, probs[0])))})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+            typer.echo(f"{r['image']}: {r['decision']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in top) + ")")
+    if bad:
+        typer.echo(f"skipped {bad} unreadable image(s)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    artifact: Path,
+    data: Path = typer.Option(..., "--data", "-d", help="Data set folder."),
+    fmt: str = FORMAT_OPT,
+    taxonomy: Optional[str] = typer.Option(None, "--taxonomy", "-t", help="Default: the card's taxonomy."),
+    opt: Optional[List[str]] = OPTS_OPT,
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="Evaluate one split of this split CSV."),
+    split: str = typer.Option("test", help="Which split of --split-file."),
+    tta: bool = typer.Option(True, "--tta/--no-tta"),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples of lesions for the CIs."),
+    threads: Optional[int] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the metrics JSON here."),
+) -> None:
+    """Evaluate an artifact on a data set: metrics with lesion-level bootstrap CIs."""
+    from .data.splits import apply_split, read_split_csv
+    from .evaluate import evaluate
+    from .fsutil import write_json_atomic
+    from .metrics import format_metrics_table
+    from .runtime import load
+
+    predictor = load(artifact, threads=threads)
+    index = _read(data, fmt, taxonomy or predictor.card.taxonomy or None, opt)
+    if split_file is not None:
+        parts = apply_split(index, read_split_csv(split_file, index))
+        if split not in parts:
+            raise EdgedermError(f"{split_file} has no split {split!r} (has {sorted(parts)})")
+        index = parts[split]
+    result = evaluate(predictor, index, tta=None if tta else False, n_boot=n_boot)
+    summary = result.summary()
+    if out:
+        write_json_atomic(out, summary)
+    typer.echo(f"{artifact.name} on {index.name} (n={summary['n']}, views={len(result.views)}):")
+    typer.echo(format_metrics_table(result.ci or {k: {"value": v} for k, v in result.report.items() if isinstance(v, float)}))
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} unreadable image(s)", err=True)
+        raise typer.Exit(1)
+
+
+@card_app.command("show")
+def card_show(path: Path) -> None:
+    """Print the card of an artifact (embedded, else sidecar) or of a .card.json file."""
+    from .card import load_card
+
+    typer.echo(load_card(path).to_json())
+
+
+@card_app.command("validate")
+def card_validate(path: Path) -> None:
+    """Validate a card against the schema."""
+    from .card import load_card
+
+    card = load_card(path)
+    typer.echo(f"ok: {card.name} (schema v{card.schema_version}, {len(card.classes)} classes)")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one-line errors, no tracebacks for user errors."""
+    try:
+        # Non-standalone click returns the code of a typer.Exit instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except EdgedermError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted (training continues with --resume)", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()
