@@ -36,6 +36,8 @@ class ModelSpec:
     family: str = "cnn"
     description: str = ""
     pretrained_source: str = "timm"
+    # PreprocessSpec overrides the weights expect (e.g. mean/std of a non-ImageNet convention).
+    preprocess: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,6 +52,7 @@ def register_model(
     family: str = "cnn",
     description: str = "",
     pretrained_source: str = "timm",
+    preprocess: dict[str, Any] | None = None,
     **defaults: Any,
 ) -> Callable[[Builder], Builder]:
     """Register ``builder(num_classes, pretrained, **kw) -> nn.Module`` under ``name``."""
@@ -65,6 +68,7 @@ def register_model(
             family=family,
             description=description or _first_line(fn.__doc__),
             pretrained_source=pretrained_source,
+            preprocess=dict(preprocess or {}),
             defaults=dict(defaults),
         )
         return fn
@@ -150,3 +154,4 @@ def _ensure_builtin() -> None:
     if not _BUILTIN_LOADED:
         _BUILTIN_LOADED = True
         from . import zoo  # noqa: F401
+        from . import papers  # noqa: F401

