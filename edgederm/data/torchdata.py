@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Union
 
 import numpy as np
 import torch
@@ -14,11 +14,14 @@ from .images import load_image
 from .records import DatasetIndex
 
 
+Augment = Union[Callable[[Image.Image], Image.Image], Mapping[int, Callable[[Image.Image], Image.Image]]]
+
+
 class ImageDataset(Dataset):
     """(image tensor, label index) pairs.
 
-    Training passes ``augment`` (a PIL → PIL transform applied before the spec's normalisation);
-    evaluation passes none and gets exactly ``spec.apply``. ``cache=True`` keeps the decoded
+    Training passes ``augment`` (a PIL → PIL transform applied before the spec's normalisation,
+    or a mapping class index → transform for per-class augmentation tiers); evaluation passes none and gets exactly ``spec.apply``. ``cache=True`` keeps the decoded
     images in memory (small data sets, 2-core machines: JPEG decoding would dominate).
     """
 
@@ -27,10 +30,12 @@ class ImageDataset(Dataset):
         index: DatasetIndex,
         spec: PreprocessSpec,
         *,
-        augment: Callable[[Image.Image], Image.Image] | None = None,
+        augment: Augment | None = None,
         cache: bool = False,
+        pre: Callable[[Image.Image], Image.Image] | None = None,
     ) -> None:
         self.index = index
+        self.pre = pre  # e.g. segment-then-classify: applied once per decoded image (cached)
         self.spec = spec
         self.augment = augment
         self.targets = index.targets()
@@ -45,6 +50,8 @@ class ImageDataset(Dataset):
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         img = load_image(self.index.records[i].ref, draft_size=self._draft)
+        if self.pre is not None:
+            img = self.pre(img)
         if self._cache is not None:
             self._cache[i] = img
         return img
@@ -53,7 +60,8 @@ class ImageDataset(Dataset):
         img = self.image(i)
         if self.augment is not None:
             # The augmentation ends at the input size (e.g. a random resized crop).
-            img = self.augment(img)
+            aug = self.augment[self.targets[i]] if isinstance(self.augment, Mapping) else self.augment
+            img = aug(img)
             if img.size != (self.spec.width, self.spec.height):
                 img = self.spec.geometric(img)
             x = self.spec.normalize(np.asarray(img.convert("RGB"), dtype=np.uint8))
