@@ -79,30 +79,29 @@ class Predictor:
             return ["identity"]
         return check_views(list(tta))
 
-    def predict_proba(
+    def member_probabilities(
         self,
         images: Iterable[ImageLike],
         *,
         tta: bool | Sequence[str] | None = None,
         batch_size: int = 16,
-    ) -> np.ndarray:
-        """Probabilities (N, C). ``tta=None`` uses the card's views, ``False`` only identity."""
+    ) -> list[np.ndarray]:
+        """Per head (ensemble member), its TTA-view-averaged probabilities (N, C)."""
         views = self.views(tta)
         heads = self.heads()
-        total_w = sum(h.weight for h in heads)
-        out: list[np.ndarray] = []
+        out: list[list[np.ndarray]] = [[] for _ in heads]
         batch: list[Image.Image] = []
 
         def flush() -> None:
-            acc = np.zeros((len(batch), len(self.classes)))
-            for head in heads:
+            for h, head in enumerate(heads):
                 geo = [head.spec.geometric(im) for im in batch]
+                acc = np.zeros((len(batch), len(self.classes)))
                 for view in views:
                     x = head.spec.finalize(
                         np.stack([head.spec.normalize(np.asarray(apply_view(view, g, head.spec))) for g in geo])
                     )
-                    acc += head.weight * self.to_probabilities(head.forward(x))
-            out.append(acc / (total_w * len(views)))
+                    acc += self.to_probabilities(head.forward(x))
+                out[h].append(acc / len(views))
             batch.clear()
 
         for item in images:
@@ -111,7 +110,30 @@ class Predictor:
                 flush()
         if batch:
             flush()
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        empty = np.zeros((0, len(self.classes)))
+        return [np.concatenate(o) if o else empty for o in out]
+
+    def combine(self, member_probs: Sequence[np.ndarray]) -> np.ndarray:
+        """Ensemble rule from the card: BACC-weighted mean, or a stacker fitted on validation."""
+        rule = self.card.model.get("combine", "weighted_mean")
+        if rule == "logit_stacking":
+            from ..stacking import apply_stacking
+
+            # The stacker was fitted on the members' log-probabilities (view-averaged).
+            return apply_stacking([np.log(np.clip(p, 1e-7, 1.0)) for p in member_probs], self.card.model["stacking"])
+        weights = [h.weight for h in self.heads()]
+        total = sum(weights)
+        return sum(w * p for w, p in zip(weights, member_probs)) / total
+
+    def predict_proba(
+        self,
+        images: Iterable[ImageLike],
+        *,
+        tta: bool | Sequence[str] | None = None,
+        batch_size: int = 16,
+    ) -> np.ndarray:
+        """Probabilities (N, C). ``tta=None`` uses the card's views, ``False`` only identity."""
+        return self.combine(self.member_probabilities(images, tta=tta, batch_size=batch_size))
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         return decide(probs, self.classes, self.card.decision)
@@ -122,12 +144,26 @@ class Predictor:
 
     def _open(self, item: ImageLike) -> Image.Image:
         if isinstance(item, Image.Image):
-            return item.convert("RGB") if item.mode != "RGB" else item
-        from ..data.images import load_image
+            img = item.convert("RGB") if item.mode != "RGB" else item
+        else:
+            from ..data.images import load_image
 
-        # Decode JPEGs at reduced scale when they are far larger than the model input.
-        size = max(max(h.spec.input_size) for h in self.heads())  # heads() is cheap: built once
-        return load_image(item, draft_size=2 * size)
+            # Decode JPEGs at reduced scale when they are far larger than the model input.
+            size = max(max(h.spec.input_size) for h in self.heads())  # heads() is cheap: built once
+            img = load_image(item, draft_size=2 * size)
+        seg = self._segmenter()
+        return seg(img) if seg is not None else img
+
+    def _segmenter(self) -> Callable[[Image.Image], Image.Image] | None:
+        """The card's segment-then-classify stage (built once), or None."""
+        entry = self.card.model.get("segmenter")
+        if not entry:
+            return None
+        if getattr(self, "_seg", None) is None:
+            from ..seg.apply import segmenter_from_card_entry
+
+            self._seg = segmenter_from_card_entry(entry)
+        return self._seg
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.format} {self.path.name} classes={len(self.classes)}>"
