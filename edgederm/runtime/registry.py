@@ -78,4 +78,11 @@ def load(path: str | Path, *, backend: str | None = None, **options: Any) -> "Pr
     be = backend_for(p, backend)
     be.check_available()
     card = load_card(p)
+    if card.task != "classification":
+        # A segmentation checkpoint maps images to masks, not probabilities: say so instead of
+        # failing later on an unknown architecture name.
+        raise EdgedermError(
+            f"{p}: a {card.task} artifact; the runtime loads classifiers "
+            f"(use edgederm.seg.apply.LesionSegmenter or `edgederm segment` for masks)"
+        )
     return be.open(p, card, **options)
