@@ -178,19 +178,85 @@ def train_cmd(
     out: Optional[str] = typer.Option(None, help="Override the recipe's output folder."),
     name: Optional[str] = typer.Option(None, help="Override the run name."),
     data: Optional[str] = typer.Option(None, help="Override the recipe's data path."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (e.g. 42,7,123): one run each + mean ± sd."),
 ) -> None:
     """Train a recipe (YAML) into a run folder with checkpoint, card and metrics."""
     from .train import load_recipe, train
 
     cfg = load_recipe(recipe, out=out, name=name, data=data)
+    if seeds:
+        import dataclasses
+
+        try:
+            cfg = dataclasses.replace(cfg, seeds=[int(s) for s in seeds.split(",") if s.strip()])
+        except ValueError:
+            raise EdgedermError(f"--seeds takes integers separated by commas, got {seeds!r}") from None
     os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
     run_dir = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 scores the ensemble and reports
+    if (run_dir / "variants.md").exists():
+        typer.echo(f"\nvariants: {run_dir}/*  (test split, 95% CIs; paired bootstrap vs the first)")
+        typer.echo((run_dir / "variants.md").read_text())
+        return
+    if (run_dir / "seeds.md").exists():
+        typer.echo(f"\nruns: {run_dir}/seed-*  (mean ± sd over seeds, test split)")
+        typer.echo((run_dir / "seeds.md").read_text())
+        return
     metrics = json.loads((run_dir / "metrics.json").read_text())
     from .metrics import format_metrics_table
 
     typer.echo(f"\nrun: {run_dir}  ({metrics['train_seconds']:.0f} s)")
     typer.echo(f"test split, n={metrics['test']['n']}, lesion-level bootstrap 95% CIs:")
     typer.echo(format_metrics_table(metrics["test"]["ci"]))
+    if "clinical" in metrics:
+        from .thresholds import format_clinical_table
+
+        typer.echo("clinical operating points on the test split (multi-class decision rule, thresholds from validation):")
+        typer.echo(format_clinical_table(metrics["clinical"]["test"]))
+
+
+@app.command("report")
+def report_cmd(run: Path) -> None:
+    """Write RUN/report.md with its plots (confusion matrix, ROC, curves, thresholds, Grad-CAM)."""
+    from .report import write_run_report
+
+    typer.echo(str(write_run_report(run)))
+
+
+@app.command("explain")
+def explain_cmd(
+    checkpoint: Path,
+    data: Path = typer.Option(..., help="Images to explain (any supported layout; PH2 masks give the CAM-in-lesion score)."),
+    fmt: str = typer.Option("auto", "--format", help="Data layout (see `edgederm data formats`)."),
+    out: Path = typer.Option(Path("."), help="Folder for gradcam.png and cam_in_mask.json."),
+    n_images: int = typer.Option(8, help="Images in the overlay grid."),
+    taxonomy: Optional[str] = typer.Option(None, help="Map the data's labels to this taxonomy."),
+) -> None:
+    """Grad-CAM of every member (the registry's target layer) as a PNG grid, + CAM energy inside lesion masks."""
+    from .explain import explain_run
+
+    res = explain_run(checkpoint, data, fmt, out, n_images, taxonomy=taxonomy)
+    typer.echo(json.dumps(res, indent=2, default=str))
+
+
+@app.command("segment")
+def segment_cmd(
+    recipe: Path,
+    data: Optional[str] = typer.Option(None, help="Override the recipe's data path (PH2 layout with masks)."),
+    out: Optional[str] = typer.Option(None, help="Override the recipe's output folder."),
+    name: Optional[str] = typer.Option(None, help="Override the run name."),
+) -> None:
+    """Train a lesion segmenter (Attention U-Net on PH2 masks); prints test Dice/IoU with CIs."""
+    from .seg.train import main as seg_main
+
+    argv = [str(recipe)]
+    for flag, val in (("--data", data), ("--out", out), ("--name", name)):
+        if val is not None:
+            argv += [flag, val]
+    rc = seg_main(argv)
+    if rc:
+        raise typer.Exit(rc)
 
 
 # -- runtime --------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from tqdm.auto import tqdm
+
 from .data.images import load_image
+from .decision import decide
 from .data.records import DatasetIndex, Record, Skipped
 from .errors import DataError, ImageError
 from .metrics import bootstrap_ci, classification_report
@@ -56,28 +59,49 @@ def _decoded(records: Sequence[Record], draft: int, kept: list[Record], skipped:
         yield img
 
 
-def evaluate(
+def predict_index(
     predictor: Predictor,
     index: DatasetIndex,
     *,
     tta: bool | Sequence[str] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
     batch_size: int = 16,
-) -> EvalResult:
-    """Predict every image of ``index`` and score it (unreadable images are skipped and counted)."""
+    per_member: bool = False,
+) -> tuple[list[Record], list[Skipped], np.ndarray | list[np.ndarray]]:
+    """Run the predictor over ``index``: (kept records, skipped, probs or per-member probs)."""
     predictor.card.check_classes(index.classes, what=f"data set {index.name!r}")
     if len(index) == 0:
         raise DataError(f"data set {index.name!r} has no images to evaluate")
     draft = 2 * max(max(h.spec.input_size) for h in predictor.heads())
     kept: list[Record] = []
     skipped: list[Skipped] = []
-    probs = predictor.predict_proba(_decoded(index.records, draft, kept, skipped), tta=tta, batch_size=batch_size)
+    images = tqdm(
+        _decoded(index.records, draft, kept, skipped),
+        total=len(index.records), desc=f"predict {index.name}", unit="img", leave=False, disable=None,
+    )
+    if per_member:
+        out: np.ndarray | list[np.ndarray] = predictor.member_probabilities(images, tta=tta, batch_size=batch_size)
+    else:
+        out = predictor.predict_proba(images, tta=tta, batch_size=batch_size)
     if not kept:
         raise DataError(f"none of the {len(index)} images of {index.name!r} could be read")
+    return kept, skipped, out
+
+
+def score(
+    index: DatasetIndex,
+    kept: Sequence[Record],
+    probs: np.ndarray,
+    decision: dict[str, Any],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    skipped: Sequence[Skipped] = (),
+    views: Sequence[str] = (),
+) -> EvalResult:
+    """Metrics (with lesion-level CIs) of given probabilities under a decision rule."""
     lookup = {c: i for i, c in enumerate(index.classes)}
     y_true = np.array([lookup[r.label] for r in kept])
-    y_pred = predictor.decide(probs)
+    y_pred = decide(probs, index.classes, decision)
     groups = [r.group for r in kept]
     report = classification_report(y_true, probs, index.classes, y_pred=y_pred)
     ci = bootstrap_ci(y_true, probs, index.classes, groups=groups, y_pred=y_pred, n_boot=n_boot, seed=seed) if n_boot else {}
@@ -91,6 +115,23 @@ def evaluate(
         y_pred=y_pred,
         report=report,
         ci=ci,
-        skipped=skipped,
-        views=predictor.views(tta),
+        skipped=list(skipped),
+        views=list(views),
+    )
+
+
+def evaluate(
+    predictor: Predictor,
+    index: DatasetIndex,
+    *,
+    tta: bool | Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> EvalResult:
+    """Predict every image of ``index`` and score it (unreadable images are skipped and counted)."""
+    kept, skipped, probs = predict_index(predictor, index, tta=tta, batch_size=batch_size)
+    assert isinstance(probs, np.ndarray)
+    return score(
+        index, kept, probs, predictor.card.decision, n_boot=n_boot, seed=seed, skipped=skipped, views=predictor.views(tta)
     )
