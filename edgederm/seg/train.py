@@ -121,16 +121,10 @@ def load_seg_recipe(path: str | Path, **overrides: Any) -> SegConfig:
     Unknown keys are refused (a typo must not silently fall back to a default); ``$VARS`` in
     ``data``, ``out`` and ``split_file`` are expanded from the environment.
     """
+    from ..train.config import read_recipe_yaml
+
     p = Path(path)
-    if not p.exists():
-        raise EdgedermError(f"recipe not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise EdgedermError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise EdgedermError(f"{p}: a recipe is a YAML mapping")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw = read_recipe_yaml(p, overrides)
     names = {f.name for f in fields(SegConfig)}
     unknown = sorted(set(raw) - names)
     if unknown:

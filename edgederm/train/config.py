@@ -89,9 +89,8 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     return cls(**d)
 
 
-def load_recipe(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Parse a recipe; ``overrides`` (e.g. from the CLI) replace top-level keys."""
-    p = Path(path)
+def read_recipe_yaml(p: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A recipe file as a mapping with the non-None ``overrides`` applied (one-line errors)."""
     if not p.exists():
         raise EdgedermError(f"recipe not found: {p}")
     try:
@@ -101,6 +100,13 @@ def load_recipe(path: str | Path, **overrides: Any) -> TrainConfig:
     if not isinstance(raw, dict):
         raise EdgedermError(f"{p}: a recipe is a YAML mapping")
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    return raw
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Parse a recipe; ``overrides`` (e.g. from the CLI) replace top-level keys."""
+    p = Path(path)
+    raw = read_recipe_yaml(p, overrides)
     members = raw.pop("members", None)
     if not members:
         raise EdgedermError(f"{p}: a recipe needs at least one entry under 'members'")
