@@ -216,6 +216,28 @@ def train_cmd(
         typer.echo(format_clinical_table(metrics["clinical"]["test"]))
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    run: Path,
+    thresholds: Optional[Path] = typer.Option(None, help="YAML with threshold targets/fallbacks (default: the run's recipe)."),
+) -> None:
+    """Re-fit a finished run's clinical thresholds on its validation predictions (no retraining); re-score test."""
+    import yaml
+
+    from .thresholds import format_clinical_table
+    from .train.run import recalibrate
+
+    th = None
+    if thresholds is not None:
+        if not thresholds.exists():
+            raise EdgedermError(f"thresholds file not found: {thresholds}")
+        th = yaml.safe_load(thresholds.read_text())
+        th = th.get("thresholds", th) if isinstance(th, dict) else th
+    metrics = recalibrate(run, th)
+    typer.echo("clinical operating points on the test split (multi-class decision rule, thresholds from validation):")
+    typer.echo(format_clinical_table(metrics["clinical"]["test"]))
+
+
 @app.command("report")
 def report_cmd(run: Path) -> None:
     """Write RUN/report.md with its plots (confusion matrix, ROC, curves, thresholds, Grad-CAM)."""

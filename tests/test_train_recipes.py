@@ -268,3 +268,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_recalibrate_refits_thresholds_without_retraining(synth: Path, tmp_path: Path) -> None:
+    from edgederm.checkpoint import load_checkpoint
+    from edgederm.decision import decide
+    from edgederm.train.run import recalibrate
+
+    run = train(small(synth, tmp_path, "recal", thresholds={"targets": [{"class": "MEL", "min_sens": 0.99, "min_spec": 0.99}], "fallbacks": []}))
+    before, _ = load_checkpoint(run / "model.pt")
+    metrics = recalibrate(run, {"targets": [{"class": "MEL", "min_sens": 0.5, "min_spec": 0.5}], "fallbacks": []})
+    card = load_card(run / "model.pt.card.json")
+    assert card.decision["fallback"]["MEL"] == "strict" and "MEL" in card.decision["thresholds"]
+    assert metrics["recalibrated"] and json.loads((run / "metrics.json").read_text())["recalibrated"]
+    after, _ = load_checkpoint(run / "model.pt")
+    for a, b in zip(before, after):  # weights untouched
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    test = np.load(run / "predictions" / "test.npz")
+    assert np.array_equal(decide(test["probs"], card.classes, card.decision), test["y_pred"])
+    # The achieved validation numbers meet the new floors under the multi-class rule.
+    got = card.decision["calibrated_on"]["achieved"]["MEL"]
+    assert got["sens"] >= 0.5 and got["spec"] >= 0.5

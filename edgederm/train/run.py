@@ -273,20 +273,10 @@ def _finish(
     test_result = score(test_index, kept_t, test_probs, card.decision, n_boot=cfg.n_boot, seed=cfg.seed,
                         skipped=skipped_t, views=cfg.tta)
 
-    metrics: dict[str, Any] = {"val": val_result.summary(), "test": test_result.summary()}
+    metrics = _run_metrics(card, val_result, test_result, thresholds=cfg.thresholds is not None, n_boot=cfg.n_boot, seed=cfg.seed)
     metrics["val"]["note"] = val_note
-    if card.decision.get("rule") != "argmax" or cfg.thresholds is not None:
-        from ..thresholds import clinical_report
-
-        metrics["clinical"] = {
-            s: clinical_report(r.y_true, r.probs, index.classes, card.decision, groups=r.groups, n_boot=cfg.n_boot, seed=cfg.seed)
-            for s, r in (("val", val_result), ("test", test_result))
-        }
     metrics["train_seconds"] = time.perf_counter() - t_start
     metrics["world_size"] = world_size
-    card.metrics = {s: {"n": metrics[s]["n"], **metrics[s]["ci"]} for s in ("val", "test")}
-    if "clinical" in metrics:
-        card.metrics["clinical_test"] = _jsonable(metrics["clinical"]["test"])
     ckpt = run_dir / "model.pt"
     save_checkpoint(ckpt, members, card)
     unscored.unlink()
@@ -297,6 +287,82 @@ def _finish(
     _extras(cfg, run_dir)
     log.info("run finished in %.0fs: %s", metrics["train_seconds"], run_dir)
     return run_dir
+
+
+def _run_metrics(card: ArtifactCard, val_result: EvalResult, test_result: EvalResult, *, thresholds: bool,
+                 n_boot: int, seed: int) -> dict[str, Any]:
+    """metrics.json's val/test sections (+ clinical operating points); fills ``card.metrics``."""
+    metrics: dict[str, Any] = {"val": val_result.summary(), "test": test_result.summary()}
+    if card.decision.get("rule") != "argmax" or thresholds:
+        from ..thresholds import clinical_report
+
+        metrics["clinical"] = {
+            s: clinical_report(r.y_true, r.probs, card.classes, card.decision, groups=r.groups, n_boot=n_boot, seed=seed)
+            for s, r in (("val", val_result), ("test", test_result))
+        }
+    card.metrics = {s: {"n": metrics[s]["n"], **metrics[s]["ci"]} for s in ("val", "test")}
+    if "clinical" in metrics:
+        card.metrics["clinical_test"] = _jsonable(metrics["clinical"]["test"])
+    return metrics
+
+
+def recalibrate(run_dir: str | Path, thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-fit a finished run's clinical thresholds without retraining.
+
+    Uses the validation probabilities the run calibrated on (``predictions/val.npz``: the same
+    out-of-fold / cross-fitted probabilities) with ``thresholds`` (default: the run's recipe),
+    then re-scores the stored test probabilities under the new rule. The weights are untouched;
+    model.pt, its card, metrics.json and report.md are rewritten atomically.
+    """
+    import json
+    from types import SimpleNamespace
+
+    from ..checkpoint import load_checkpoint
+    from ..thresholds import ThresholdConfig, calibrate
+
+    run = Path(run_dir)
+    members, card = load_checkpoint(run / "model.pt")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text()) if (run / "recipe.yaml").exists() else {}
+    th = thresholds if thresholds is not None else recipe.get("thresholds")
+    if th is None:
+        raise EdgedermError(f"{run}: no threshold targets (the recipe has none; pass them)")
+    old = json.loads((run / "metrics.json").read_text())
+    n_boot, seed = int(recipe.get("n_boot", 1000)), int(recipe.get("seed", 42))
+    results = {}
+    for split in ("val", "test"):
+        d = np.load(run / "predictions" / f"{split}.npz")
+        if [str(c) for c in d["classes"]] != card.classes:
+            raise DataError(f"{run}/predictions/{split}.npz: classes differ from the card's")
+        kept = [SimpleNamespace(label=card.classes[int(y)], group=str(g), image_id=str(i))
+                for y, g, i in zip(d["y_true"], d["groups"], d["image_ids"])]
+        results[split] = (kept, d["probs"])
+    index = SimpleNamespace(classes=card.classes, name=card.data.get("dataset", "?"))
+    y_val = np.array([card.classes.index(r.label) for r in results["val"][0]])
+    card.decision = calibrate(y_val, results["val"][1], card.classes, ThresholdConfig.from_dict(th),
+                              calibrated_on={"recalibrated": True}).decision
+    views = card.tta.get("views", [])
+    scored = {s: score(index, kept, probs, card.decision, n_boot=n_boot, seed=seed, views=views)  # type: ignore[arg-type]
+              for s, (kept, probs) in results.items()}
+    for s in ("val", "test"):
+        scored[s].dataset = old[s].get("dataset", scored[s].dataset)
+        scored[s].skipped = [Skipped(i, "") for i in range(old[s].get("skipped", 0))]  # counts only
+    metrics = _run_metrics(card, scored["val"], scored["test"], thresholds=True, n_boot=n_boot, seed=seed)
+    for k, v in old.items():
+        if k not in ("val", "test", "clinical"):
+            metrics[k] = v
+    metrics["val"]["note"] = old["val"].get("note", "validation split")
+    metrics["recalibrated"] = True
+    save_checkpoint(run / "model.pt", members, card)
+    _write_predictions(run, scored)
+    write_json_atomic(run / "metrics.json", _jsonable(metrics))
+    if (run / "report.md").exists():
+        from ..report import write_run_report
+
+        try:
+            write_run_report(run)
+        except Exception as e:  # noqa: BLE001
+            log.warning("report.md not rewritten: %s", e)
+    return metrics
 
 
 def _validation_probs(
