@@ -1,0 +1,292 @@
+"""OpenVINO IR export (FP32 / FP16 weights) and NNCF INT8 post-training quantization.
+
+Both paths convert with ``ov.convert_model`` — from the ONNX file when the caller already made
+one (fast, and the same graph the ONNX targets ship), else straight from the torch module — and
+give the IR a dynamic batch dimension, an ``input`` and a ``logits`` tensor name. INT8 uses NNCF:
+``nncf.quantize`` (plain PTQ) or, when a validation function is given,
+``nncf.quantize_with_accuracy_control``, which reverts the most harmful quantizers to float until
+the metric drop is within ``max_drop``. IR files are written atomically (see
+``edgederm.runtime.openvino_backend.save_ir_atomic``). The card is embedded by the driver through
+the runtime backend, not here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import EdgedermError, MissingExtraError
+from ..runtime.openvino_backend import ir_bin_path, save_ir_atomic
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: Operation types whose activation input NNCF quantizes; used to report what stayed in float.
+COMPUTE_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+#: Ops NNCF looks through when placing a quantizer (an INT8 tensor stays INT8 through them).
+_AGNOSTIC_OPS = ("MaxPool", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "StridedSlice", "Pad",
+                 "Split", "VariadicSplit", "ReduceMax", "Concat", "DepthToSpace", "SpaceToDepth")
+PRESETS = ("performance", "mixed")
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MissingExtraError("openvino", module, what) from None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def convert_to_openvino(model: nn.Module, example: torch.Tensor, *, onnx_path: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """``ov.convert_model`` from ONNX (when given) or the torch module; dynamic batch, named I/O."""
+    ov = _require("openvino", "OpenVINO export")
+    t0 = time.perf_counter()
+    if onnx_path is not None:
+        if not Path(onnx_path).exists():
+            raise EdgedermError(f"ONNX file not found: {onnx_path}")
+        ov_model = ov.convert_model(str(onnx_path))
+        source = "onnx"
+    else:
+        shape = ov.PartialShape([-1, *[int(d) for d in example.shape[1:]]])
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO's PyTorch frontend traces with torch.jit, which torch now flags as deprecated.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
+            ov_model = ov.convert_model(model.eval(), example_input=example, input=[shape])
+        source = "torch"
+    if len(ov_model.inputs) != 1:
+        raise EdgedermError(f"expected a model with one input, got {len(ov_model.inputs)}")
+    dynamic = _make_batch_dynamic(ov_model)
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    info = {
+        "source": source,
+        "dynamic_batch": dynamic,
+        "convert_seconds": round(time.perf_counter() - t0, 3),
+        "openvino": _version("openvino"),
+    }
+    return ov_model, info
+
+
+def _make_batch_dynamic(ov_model: Any) -> bool:
+    import openvino as ov
+
+    shape = ov_model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or shape[0].is_dynamic:
+        return True
+    dims = [ov.Dimension() if i == 0 else shape[i] for i in range(shape.rank.get_length())]
+    try:
+        ov_model.reshape({ov_model.input(0): ov.PartialShape(dims)})
+    except RuntimeError as e:  # a graph with a baked-in batch (e.g. a hard-coded Reshape)
+        log.warning("OpenVINO: cannot make the batch dimension dynamic (%s); keeping batch %s",
+                    str(e).strip().splitlines()[0] if str(e).strip() else e, shape[0])
+        return False
+    return True
+
+
+def _ir_size(xml: Path) -> int:
+    return xml.stat().st_size + (ir_bin_path(xml).stat().st_size if ir_bin_path(xml).exists() else 0)
+
+
+def export_openvino(
+    model: nn.Module,
+    example: torch.Tensor,
+    out_xml: Path,
+    *,
+    onnx_path: Path | None = None,
+    compress_to_fp16: bool = True,
+) -> dict[str, Any]:
+    """Write an OpenVINO IR (``out_xml`` + ``.bin``); FP16 weights unless ``compress_to_fp16=False``.
+
+    FP16 here is a storage format: OpenVINO's CPU plugin decompresses the weights and computes
+    in FP32 (the runtime backend pins ``EXECUTION_MODE_HINT=ACCURACY``).
+    """
+    t0 = time.perf_counter()
+    out_xml = Path(out_xml)
+    ov_model, info = convert_to_openvino(model, example, onnx_path=onnx_path)
+    save_ir_atomic(ov_model, out_xml, compress_to_fp16=compress_to_fp16)
+    info.update(
+        format="openvino",
+        precision="fp16" if compress_to_fp16 else "fp32",
+        recipe="fp16-weights" if compress_to_fp16 else "fp32",
+        files=[out_xml.name, ir_bin_path(out_xml).name],
+        size_bytes=_ir_size(out_xml),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    log.info("OpenVINO %s IR from %s: %s (%.1f MB, %.1f s)", info["precision"], info["source"], out_xml,
+             info["size_bytes"] / 1e6, info["seconds"])
+    return info
+
+
+def calibration_items(calibration: Iterable[np.ndarray], limit: int | None = None) -> Iterator[np.ndarray]:
+    """Split calibration batches into single-sample float32 arrays (NNCF counts samples)."""
+    n = 0
+    for batch in calibration:
+        arr = np.asarray(batch, dtype=np.float32)
+        if arr.ndim == 3:
+            arr = arr[None]
+        for i in range(arr.shape[0]):
+            if limit is not None and n >= limit:
+                return
+            yield np.ascontiguousarray(arr[i : i + 1])
+            n += 1
+
+
+def compute_op_precision(ov_model: Any) -> tuple[list[str], list[str]]:
+    """(quantized, float) names of the compute ops: quantized = activation fed by a FakeQuantize."""
+    quantized, floating = [], []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in COMPUTE_OPS:
+            continue
+        src = op.input_value(0).get_node()
+        for _ in range(16):
+            if src.get_type_name() not in _AGNOSTIC_OPS or src.get_input_size() == 0:
+                break
+            src = src.input_value(0).get_node()
+        (quantized if src.get_type_name() == "FakeQuantize" else floating).append(op.get_friendly_name())
+    return quantized, floating
+
+
+class _RestorerLog(logging.Handler):
+    """What NNCF's accuracy restorer did, read from its log (its API returns only the model).
+
+    The structural view (``compute_op_precision`` on the result) is recorded as well; this adds
+    the metrics NNCF measured and which operations the restorer reverted, in its order.
+    """
+
+    _FLOAT = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.steps: list[str] = []
+        self.summary: list[str] | None = None
+        self.reached = True
+        self.metrics: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import re
+
+        msg = record.getMessage()
+        names = [line.strip() for line in msg.splitlines()[1:] if line.strip()]
+        if msg.startswith("Reverted "):
+            self.steps.extend(names)
+        elif "were reverted back to the floating-point precision" in msg:
+            self.summary = names
+        elif "could not achieve the required accuracy drop" in msg:
+            self.reached = False
+        for key, pattern in (("metric_fp32", "Metric of initial model: "), ("metric_int8_ptq", "Metric of quantized model: "),
+                             ("final_drop", "Accuracy drop with the new quantization scope is ")):
+            m = re.match(re.escape(pattern) + self._FLOAT, msg)
+            if m:
+                self.metrics[key] = float(m.group(1))
+
+    @property
+    def reverted(self) -> list[str]:
+        # The summary is authoritative (it accounts for step-backs); NNCF omits it when it had to
+        # revert everything, and then every step counts.
+        names = self.summary if self.summary is not None else self.steps
+        return list(dict.fromkeys(names))
+
+
+def quantize_openvino(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: Iterable[np.ndarray],
+    out_xml: Path,
+    *,
+    onnx_path: Path | None = None,
+    subset_size: int = 300,
+    preset: str = "performance",
+    validate: Callable[[Any], float] | None = None,
+    max_drop: float | None = None,
+    ignored_scope: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """INT8 IR with NNCF post-training quantization on ``calibration`` (NCHW float32 batches).
+
+    With ``validate`` (a function of an ``ov.CompiledModel`` returning a higher-is-better metric,
+    e.g. BACC on the validation split), ``nncf.quantize_with_accuracy_control`` keeps the metric
+    within ``max_drop`` (absolute, default 0.01) of the FP32 model by reverting the quantizers
+    that hurt it most; the reverted operations are returned in ``info["reverted_ops"]``.
+    ``ignored_scope`` names operations to keep in float from the start.
+    """
+    nncf = _require("nncf", "OpenVINO INT8 quantization (NNCF)")
+    if preset not in PRESETS:
+        raise EdgedermError(f"unknown NNCF preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if max_drop is not None and validate is None:
+        raise EdgedermError("max_drop needs a validation function (validate=...)")
+    t0 = time.perf_counter()
+    out_xml = Path(out_xml)
+    items = list(calibration_items(calibration, limit=max(subset_size, 1)))
+    if not items:
+        raise EdgedermError("OpenVINO INT8 quantization needs calibration images; the calibration set is empty")
+    ov_model, info = convert_to_openvino(model, example, onnx_path=onnx_path)
+
+    dataset = nncf.Dataset(items)
+    common: dict[str, Any] = dict(
+        preset=nncf.QuantizationPreset.PERFORMANCE if preset == "performance" else nncf.QuantizationPreset.MIXED,
+        subset_size=len(items),
+    )
+    if ignored_scope:
+        common["ignored_scope"] = nncf.IgnoredScope(names=list(ignored_scope))
+    restorer = _RestorerLog()
+    if validate is None:
+        quantized = nncf.quantize(ov_model, dataset, **common)
+        recipe = "nncf-ptq"
+    else:
+        drop = 0.01 if max_drop is None else float(max_drop)
+
+        def validation_fn(compiled: Any, data: Iterable[Any]) -> tuple[float, list[list[np.ndarray]]]:
+            # Returning each item's outputs puts NNCF in its logits mode: quantizer groups are ranked
+            # by output change on the calibration images (cheap), while the accept/reject decision
+            # uses the caller's metric on the whole validation set.
+            outputs = [list(compiled(item).values()) for item in data]
+            return float(validate(compiled)), outputs
+
+        nncf_log = logging.getLogger("nncf")
+        nncf_log.addHandler(restorer)
+        try:
+            quantized = nncf.quantize_with_accuracy_control(
+                ov_model, dataset, dataset, validation_fn,
+                max_drop=drop, drop_type=nncf.DropType.ABSOLUTE, **common,
+            )
+        finally:
+            nncf_log.removeHandler(restorer)
+        recipe = "nncf-accuracy-control"
+        info.update(max_drop=drop, drop_type="absolute", reached_max_drop=restorer.reached, **restorer.metrics)
+        if not restorer.reached:
+            log.warning("NNCF accuracy control could not keep the metric drop within %.4g", drop)
+    q_ops, f_ops = compute_op_precision(quantized)
+    # Float constants stay FP32: reverted layers must compute exactly what NNCF validated.
+    save_ir_atomic(quantized, out_xml, compress_to_fp16=False)
+    info.update(
+        format="openvino",
+        precision="int8",
+        recipe=recipe,
+        preset=preset,
+        calibration_samples=len(items),
+        ignored_scope=list(ignored_scope or []),
+        reverted_ops=restorer.reverted,
+        quantized_ops=len(q_ops),
+        float_ops=f_ops,
+        nncf=_version("nncf"),
+        files=[out_xml.name, ir_bin_path(out_xml).name],
+        size_bytes=_ir_size(out_xml),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    log.info("OpenVINO INT8 (%s): %d ops quantized, %d in float, %d reverted -> %s (%.1f s)", recipe,
+             len(q_ops), len(f_ops), len(restorer.reverted), out_xml, info["seconds"])
+    return info
