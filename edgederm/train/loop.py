@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -157,8 +157,16 @@ def train_member(
     mdir: Path,
     resume: bool = False,
     on_epoch_end: EpochCallback | None = None,
+    wrap_train: Callable[[Dataset], Dataset] | None = None,
+    make_loss: Callable[[torch.Tensor | None], nn.Module] | None = None,
 ) -> tuple[nn.Module, PreprocessSpec, dict[str, Any]]:
-    """Train one member; returns the best-validation-BACC model (on CPU), its spec and its state."""
+    """Train one member; returns the best-validation-BACC model (on CPU), its spec and its state.
+
+    Hooks for other objectives (e.g. distillation): ``wrap_train`` wraps the training
+    ``ImageDataset`` (items ``(x, y, *extra)``: every extra tensor is moved to the device and
+    passed on to the loss); ``make_loss`` builds the criterion from the class weights the recipe
+    implies (``None`` when unweighted) and is called ``loss(logits, y, *extra)``.
+    """
     rank, world_size = world()
     device = member_device(resolve_device(cfg.device))
     classes = splits["train"].classes
@@ -187,12 +195,12 @@ def train_member(
     gen = torch.Generator().manual_seed(cfg.seed + slot)
     targets = train_ds.targets
     sampling: dict[str, Any] = {"sampler": cfg.sampler}
-    dataset: Any = train_ds
+    dataset: Any = train_ds if wrap_train is None else wrap_train(train_ds)
     sampler: Any = None
     if cfg.sampler == "oversample":
         idx = oversample_indices(targets, seed=cfg.seed + slot)
         sampling.update(describe_sampling(targets, idx, classes=classes))
-        dataset = Subset(train_ds, idx)
+        dataset = Subset(dataset, idx)
     if world_size > 1:
         if cfg.sampler == "balanced":
             raise EdgedermError("sampler: balanced cannot shard across processes; use sampler: oversample with torchrun")
@@ -213,7 +221,10 @@ def train_member(
     if cfg.class_weights and cfg.sampler == "shuffle":
         scheme = cfg.class_weights if isinstance(cfg.class_weights, str) else "inverse"
         weight = class_weights(targets, len(classes), scheme=scheme).to(device)
-    loss_fn = build_loss(mcfg.loss, gamma=mcfg.gamma, class_weight=weight, label_smoothing=mcfg.label_smoothing)
+    if make_loss is not None:
+        loss_fn = make_loss(weight)
+    else:
+        loss_fn = build_loss(mcfg.loss, gamma=mcfg.gamma, class_weight=weight, label_smoothing=mcfg.label_smoothing)
 
     net: nn.Module = model
     if world_size > 1:
@@ -245,13 +256,14 @@ def train_member(
         t0 = time.perf_counter()
         total, n = 0.0, 0
         bar = tqdm(train_loader, desc=f"{mcfg.model} epoch {epoch + 1}/{mcfg.epochs}", leave=False, disable=None if rank == 0 else True)
-        for x, y in bar:
+        for x, y, *extra in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            extra = [e.to(device, non_blocking=True) for e in extra]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = loss_fn(net(x).float(), y)
+                loss = loss_fn(net(x).float(), y, *extra)
             if not torch.isfinite(loss):
                 raise EdgedermError(
                     f"{mcfg.model}: loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate ({mcfg.lr})"
