@@ -240,7 +240,13 @@ def calibrate_cmd(
 
 @app.command("report")
 def report_cmd(run: Path) -> None:
-    """Write RUN/report.md with its plots (confusion matrix, ROC, curves, thresholds, Grad-CAM)."""
+    """report.md + plots for a training run (confusion, ROC, curves, thresholds, Grad-CAM) or a bench folder (latency, Pareto)."""
+    from .bench import is_bench_folder, write_report
+
+    if is_bench_folder(run):
+        for kind, path in write_report(run).items():
+            typer.echo(f"{kind}: {path}")
+        return
     from .report import write_run_report
 
     typer.echo(str(write_run_report(run)))
@@ -373,6 +379,20 @@ def card_validate(path: Path) -> None:
     typer.echo(f"ok: {card.name} (schema v{card.schema_version}, {len(card.classes)} classes)")
 
 
+def _register_stages() -> None:
+    # The later stages keep their commands next to their code; each registers itself here.
+    from .bench.cli import register as register_bench
+    from .export.cli import register as register_export
+    from .train.distill import register as register_distill
+
+    register_distill(app)
+    register_export(app)
+    register_bench(app)
+
+
+_register_stages()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one-line errors, no tracebacks for user errors."""
     try:
@@ -384,7 +404,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted (training continues with --resume)", err=True)
+        typer.echo("interrupted: nothing half-written was kept (a training run continues with --resume)", err=True)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
