@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from edgederm.card import ArtifactCard
 from edgederm.checkpoint import member_from_model, save_checkpoint
@@ -52,3 +52,19 @@ def tiny_checkpoint(path: Path, *, classes: list[str] | None = None, size: int =
 def rgb_images(n: int, size: tuple[int, int] = (60, 45), seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def natural_images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> list[Image.Image]:
+    """Smooth colour fields with a darker blob: closer to photographs than uniform noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        low = rng.integers(60, 230, (4, 4, 3), dtype=np.uint8)
+        img = Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(img)
+        cx, cy = rng.integers(10, size[0] - 10), rng.integers(10, size[1] - 10)
+        r = int(rng.integers(5, 14))
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(v) for v in rng.integers(20, 120, 3)))
+        arr = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, (size[1], size[0], 3))
+        out.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
+    return out

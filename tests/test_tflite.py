@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed: pip install 'edgederm[tflite]'")
 pytest.importorskip("litert_torch", reason="litert-torch is not installed: pip install 'edgederm[tflite]'")
@@ -24,7 +23,7 @@ from edgederm.export.tflite import export_tflite  # noqa: E402
 from edgederm.runtime import load  # noqa: E402
 from edgederm.runtime.tflite_backend import TFLitePredictor, embed_tflite_card, read_tflite_card  # noqa: E402
 
-from helpers import HAM7, tiny_card, tiny_checkpoint  # noqa: E402
+from helpers import HAM7, tiny_card, tiny_checkpoint, natural_images  # noqa: E402
 
 SIZE = 32
 INT8_MIN_AGREEMENT = 0.85  # argmax agreement with FP32 on natural-ish images (measured: 0.95-1.0)
@@ -34,22 +33,6 @@ INT8_MIN_COSINE = 0.9  # mean per-image cosine of centred logits (measured: > 0.
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-def natural_images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> list[Image.Image]:
-    """Smooth colour fields with a darker blob: closer to photographs than uniform noise."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        low = rng.integers(60, 230, (4, 4, 3), dtype=np.uint8)
-        img = Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)
-        draw = ImageDraw.Draw(img)
-        cx, cy = rng.integers(10, size[0] - 10), rng.integers(10, size[1] - 10)
-        r = int(rng.integers(5, 14))
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(v) for v in rng.integers(20, 120, 3)))
-        arr = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, (size[1], size[0], 3))
-        out.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
-    return out
 
 
 def _centred_cosine(a: np.ndarray, b: np.ndarray) -> float:
