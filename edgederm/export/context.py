@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -447,3 +447,21 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+def single_samples(calibration: Iterable[np.ndarray], limit: int | None = None) -> Iterator[np.ndarray]:
+    """Calibration batches split into single-sample float32 NCHW arrays, at most ``limit``.
+
+    NNCF counts samples and the TFLite quantizer feeds a batch-1 flatbuffer: both want one image
+    per item, while ``ExportContext.calibration_batches`` yields batches.
+    """
+    n = 0
+    for batch in calibration:
+        arr = np.asarray(batch, dtype=np.float32)
+        if arr.ndim == 3:
+            arr = arr[None]
+        for i in range(arr.shape[0]):
+            if limit is not None and n >= limit:
+                return
+            yield np.ascontiguousarray(arr[i : i + 1])
+            n += 1

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import EdgedermError, MissingExtraError
 from ..runtime.openvino_backend import ir_bin_path, save_ir_atomic
+from .context import single_samples
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +133,6 @@ def export_openvino(
     return info
 
 
-def calibration_items(calibration: Iterable[np.ndarray], limit: int | None = None) -> Iterator[np.ndarray]:
-    """Split calibration batches into single-sample float32 arrays (NNCF counts samples)."""
-    n = 0
-    for batch in calibration:
-        arr = np.asarray(batch, dtype=np.float32)
-        if arr.ndim == 3:
-            arr = arr[None]
-        for i in range(arr.shape[0]):
-            if limit is not None and n >= limit:
-                return
-            yield np.ascontiguousarray(arr[i : i + 1])
-            n += 1
-
-
 def compute_op_precision(ov_model: Any) -> tuple[list[str], list[str]]:
     """(quantized, float) names of the compute ops: quantized = activation fed by a FakeQuantize."""
     quantized, floating = [], []
@@ -230,7 +217,7 @@ def quantize_openvino(
         raise EdgedermError("max_drop needs a validation function (validate=...)")
     t0 = time.perf_counter()
     out_xml = Path(out_xml)
-    items = list(calibration_items(calibration, limit=max(subset_size, 1)))
+    items = list(single_samples(calibration, limit=max(subset_size, 1)))
     if not items:
         raise EdgedermError("OpenVINO INT8 quantization needs calibration images; the calibration set is empty")
     ov_model, info = convert_to_openvino(model, example, onnx_path=onnx_path)

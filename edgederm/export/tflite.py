@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import EdgedermError, MissingExtraError
 from ..fsutil import atomic_path
+from .context import single_samples
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +102,6 @@ def convert_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     with _quiet_litert(), torch.no_grad():
         edge = lt.convert(model.eval(), (x,))
         edge.export(str(out))
-
-
-def calibration_samples(calibration: Iterable[np.ndarray], limit: int | None = None) -> Iterator[np.ndarray]:
-    """Single-sample float32 NCHW arrays (the flatbuffer is converted at batch 1)."""
-    n = 0
-    for batch in calibration:
-        arr = np.asarray(batch, dtype=np.float32)
-        if arr.ndim == 3:
-            arr = arr[None]
-        for i in range(arr.shape[0]):
-            if limit is not None and n >= limit:
-                return
-            yield np.ascontiguousarray(arr[i : i + 1])
-            n += 1
 
 
 def _signature(model_path: Path) -> tuple[str, str]:
@@ -200,7 +187,7 @@ def export_tflite(
         raise EdgedermError("TFLite INT8 needs a calibration set (calibration=...)")
     samples: list[np.ndarray] = []
     if precision == "int8":
-        samples = list(calibration_samples(calibration or [], limit=max(subset_size, 1)))
+        samples = list(single_samples(calibration or [], limit=max(subset_size, 1)))
         if not samples:
             raise EdgedermError("TFLite INT8 quantization needs calibration images; the calibration set is empty")
     _litert_torch()
