@@ -88,6 +88,22 @@ def test_ir_roundtrip_matches_torch(tiny, tmp_path: Path, fp16: bool, tol: float
         assert err < 1e-6
 
 
+def test_static_batch_compile_runs_other_batches_in_chunks(tiny, tmp_path: Path) -> None:
+    """batch=N (what the bench passes) compiles a static model; any batch still gives the same result."""
+    _, model, card = tiny
+    xml = tmp_path / "m.xml"
+    export_openvino(model, torch.zeros(1, 3, SIZE, SIZE), xml, compress_to_fp16=False)
+    _finish(xml, card, "fp32")
+    static = load(xml, threads=1, batch=1)
+    assert not static.compiled.input(0).get_partial_shape().is_dynamic
+    assert list(static.compiled.input(0).get_shape())[0] == 1
+    imgs = natural_images(5, seed=4)
+    np.testing.assert_allclose(static.predict_proba(imgs, batch_size=5), load(xml, threads=1).predict_proba(imgs, batch_size=5),
+                               atol=1e-6)
+    with pytest.raises(EdgedermError, match="at least 1"):
+        load(xml, batch=0)
+
+
 def test_from_onnx_file(tiny, tmp_path: Path) -> None:
     pytest.importorskip("onnx", reason="the ONNX route needs the onnx extra")
     ckpt, model, card = tiny

@@ -133,6 +133,10 @@ def measure_local(job: LocalJob) -> dict[str, Any]:
     options = dict(job.options)
     if job.threads:
         options["threads"] = int(job.threads)
+    from ..runtime.registry import backend_for
+
+    if backend_for(job.artifact, job.backend).batch_option:
+        options.setdefault("batch", job.batch)  # time the model compiled for the batch being timed
     t0 = time.perf_counter()
     pred = load(job.artifact, backend=job.backend, **options)
     load_ms = (time.perf_counter() - t0) * 1e3

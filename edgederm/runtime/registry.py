@@ -24,6 +24,8 @@ class Backend:
     embed_card: Callable[[Path, "ArtifactCard"], None] | None = None
     extra: str | None = None  # pip extra that provides the runtime
     module: str | None = None  # importable module that must be present
+    # open() takes batch=N and compiles for that batch (the bench passes the batch it times).
+    batch_option: bool = False
 
     def check_available(self) -> None:
         if self.module and importlib.util.find_spec(self.module) is None:
