@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -214,6 +214,42 @@ def train_cmd(
 
         typer.echo("clinical operating points on the test split (multi-class decision rule, thresholds from validation):")
         typer.echo(format_clinical_table(metrics["clinical"]["test"]))
+
+
+@app.command("run")
+def run_cmd(
+    recipe: Path,
+    out: Optional[str] = typer.Option(None, help="Override the recipe's output folder."),
+    name: Optional[str] = typer.Option(None, help="Override the run name."),
+    data: Optional[str] = typer.Option(None, help="Override the recipe's data path."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for every stage (default: the recipe's / all cores)."),
+    until: Optional[str] = typer.Option(None, help="Stop after this stage: train, distill, export, evaluate, bench, report."),
+    force: bool = typer.Option(False, "--force", help="Retrain when the recipe or data changed (the old run is moved aside, not deleted)."),
+) -> None:
+    """The main job: train → distil → export every target → gate → evaluate → bench → one report.
+
+    Re-running skips the stages whose inputs (content hashes) have not changed.
+    """
+    from .pipeline import run_pipeline
+
+    os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+    md = run_pipeline(recipe, data=data, out=out, name=name, force=force, threads=threads, until=until)
+    if not md.exists():
+        typer.echo(f"stopped after --until {until}")
+        return
+    doc = json.loads((md.parent / "results.json").read_text(encoding="utf-8"))
+    typer.echo(f"\n{doc['split']} split, n={doc['n']}, 95% lesion-level bootstrap CIs; latency batch 1:")
+    for r in doc["rows"]:
+        t, b = r["test"], r["bench"] or {}
+
+        def ci(e: Any) -> str:
+            return "—" if not e else f"{e['value']:.3f} [{e['lo']:.3f}-{e['hi']:.3f}]"
+
+        p50 = f"{b['p50_ms']:.2f} ms" if b.get("p50_ms") is not None else "—"
+        typer.echo(f"  {r['label']:22s} {str(r['gate']):10s} BACC {ci(t.get('bacc')):24s} MEL sens {ci(t.get('mel_sensitivity')):24s} p50 {p50}")
+    for s in doc["stages"]:
+        typer.echo(f"  stage {s['name']:9s} {s['status']:8s} {s['seconds']:7.0f} s  {s['note']}")
+    typer.echo(f"report: {md}  and {md.with_suffix('.html')}")
 
 
 @app.command("calibrate")

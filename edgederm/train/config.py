@@ -72,6 +72,9 @@ class TrainConfig:
     segment: dict[str, Any] | None = None
     gradcam: dict[str, Any] | None = None  # {data, format, n_images}: Grad-CAM grid + CAM-in-mask
     synthetic: dict[str, Any] | None = None  # generate the embedded data set into `data` first
+    # Options of the later stages for `edgederm run` (distill/export/evaluate/bench/gradcam); see
+    # edgederm/pipeline.py. Training ignores it, and it is not part of the recipe's content hash.
+    pipeline: dict[str, Any] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -79,6 +82,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def content_sha256(self) -> str:
+        """Hash of everything that shapes the trained model (the ``pipeline`` section does not)."""
+        import hashlib
+        import json
+
+        d = {k: v for k, v in self.to_dict().items() if k != "pipeline"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:

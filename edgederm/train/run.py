@@ -248,7 +248,8 @@ def _finish(
             "counts": counts,
             "skipped": len(index.skipped),
         },
-        provenance=provenance(command=os.environ.get("EDGEDERM_COMMAND")),
+        # The recipe's content hash lets `edgederm run` tell an up-to-date run from a stale one.
+        provenance=provenance(command=os.environ.get("EDGEDERM_COMMAND"), recipe_sha256=cfg.content_sha256()),
     )
     # Score through the runtime, exactly as every exported artifact will be scored. The
     # checkpoint is written under a temporary name: model.pt appears only once the run is done.
