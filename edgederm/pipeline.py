@@ -239,12 +239,20 @@ def _train(ctx: _Ctx, *, force: bool) -> StageResult:
     ckpt = ctx.teacher
     if ckpt.exists():
         card = load_card(ckpt)
-        same = card.provenance.get("recipe_sha256") == rsha and card.data.get("fingerprint") == fingerprint
+        had = card.provenance.get("recipe_sha256")
+        if had is None and (ctx.run_dir / "recipe.yaml").exists():
+            # A run trained before cards recorded the hash: its recipe.yaml is the same record.
+            import yaml
+
+            from .train.config import recipe_content_sha256
+
+            had = recipe_content_sha256(yaml.safe_load((ctx.run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {})
+        same = had == rsha and card.data.get("fingerprint") == fingerprint
         if same and (ctx.run_dir / "metrics.json").exists():
             State(ctx.run_dir).record("train", status="done", key=key, outputs=State(ctx.run_dir).outputs([ckpt]),
                                       seconds=State(ctx.run_dir).entry("train").get("seconds"))
             return StageResult("train", "skipped", time.perf_counter() - t0, "up to date (recipe and data hashes match the card)")
-        why = "the recipe" if card.provenance.get("recipe_sha256") != rsha else "the data"
+        why = "the recipe" if had != rsha else "the data"
         if not force:
             raise EdgedermError(f"{ctx.run_dir} was trained from a different {why.split()[-1]}; "
                                 f"re-run with --force to retrain (the old run is kept as {ctx.run_dir.name}.prev-*)")

@@ -84,12 +84,22 @@ class TrainConfig:
         return asdict(self)
 
     def content_sha256(self) -> str:
-        """Hash of everything that shapes the trained model (the ``pipeline`` section does not)."""
-        import hashlib
-        import json
+        """Hash of everything that shapes the trained model; see ``recipe_content_sha256``."""
+        return recipe_content_sha256(self.to_dict())
 
-        d = {k: v for k, v in self.to_dict().items() if k != "pipeline"}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+# Keys that do not change the trained model: where things are (the data's content is covered by
+# the data fingerprint in the card), how many threads, what is drawn afterwards.
+_NOT_CONTENT = ("pipeline", "data", "out", "threads", "workers", "cache_images", "report", "gradcam")
+
+
+def recipe_content_sha256(recipe: dict[str, Any]) -> str:
+    """SHA-256 of a recipe mapping (``TrainConfig.to_dict()`` or a run's ``recipe.yaml``)."""
+    import hashlib
+    import json
+
+    d = {k: v for k, v in recipe.items() if k not in _NOT_CONTENT}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:
