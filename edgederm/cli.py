@@ -418,12 +418,14 @@ def card_validate(path: Path) -> None:
 def _register_stages() -> None:
     # The later stages keep their commands next to their code; each registers itself here.
     from .bench.cli import register as register_bench
+    from .demo.cli import register as register_demo
     from .export.cli import register as register_export
     from .train.distill import register as register_distill
 
     register_distill(app)
     register_export(app)
     register_bench(app)
+    register_demo(app)
 
 
 _register_stages()
