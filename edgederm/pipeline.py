@@ -76,14 +76,23 @@ class PipelineConfig:
             given = section.get(name) or {}
             if not isinstance(given, dict):
                 raise EdgedermError(f"{where}: pipeline.{name} must be a mapping, got {given!r}")
-            if name != "distill":  # distill passes its keys straight to distill(), which checks them
-                bad = sorted(set(given) - set(default))
-                if bad:
-                    raise EdgedermError(f"{where}: unknown keys in pipeline.{name}: {bad}; allowed: {sorted(default)}")
+            allowed = set(default) | (_distill_keys() if name == "distill" else set())
+            bad = sorted(set(given) - allowed)
+            if bad:  # checked before training starts, not after it
+                raise EdgedermError(f"{where}: unknown keys in pipeline.{name}: {bad}; allowed: {sorted(allowed)}")
             out[name] = {**default, **given}
         if out["evaluate"]["split"] not in ("val", "test"):
             raise EdgedermError(f"{where}: pipeline.evaluate.split must be val or test")
         return cls(**out)
+
+
+def _distill_keys() -> set[str]:
+    """Keyword options of ``distill()`` a recipe may set (the run folder and resume are the pipeline's)."""
+    import inspect
+
+    from .train.distill import distill
+
+    return set(inspect.signature(distill).parameters) - {"run_dir", "resume"}
 
 
 def _digest(obj: Any) -> str:

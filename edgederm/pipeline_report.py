@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .bench.report import _html_table
 from .fsutil import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -276,12 +277,6 @@ def _md_table_to_html(text: str) -> str:
     if rows:
         out.append(_html_table(rows[0], rows[1:]))
     return "\n".join(out)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html(title: str, blocks: list[Block]) -> str:

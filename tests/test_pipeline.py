@@ -155,7 +155,23 @@ def test_changed_recipe_needs_force_and_keeps_the_old_run(done: tuple[Path, Path
 
 
 def test_unknown_pipeline_keys_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(EdgedermError, match=r"pipeline\.distill: \['epoch'\]"):
+        run_pipeline(_recipe(tmp_path, pipeline={"distill": {"epoch": 2}}), progress=False)
     with pytest.raises(EdgedermError, match=r"pipeline\.bench: \['thread'\]"):
         run_pipeline(_recipe(tmp_path, pipeline={"bench": {"thread": 2}}), progress=False)
     with pytest.raises(EdgedermError, match="unknown pipeline sections"):
         run_pipeline(_recipe(tmp_path, pipeline={"benchmark": {}}), progress=False)
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "train").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_have_valid_pipeline_sections(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgederm.pipeline import PipelineConfig
+    from edgederm.train import load_recipe
+
+    monkeypatch.setenv("EDGEDERM_DATA", "/nonexistent")
+    raw = yaml.safe_load(recipe.read_text())
+    if "members" not in raw:
+        pytest.skip("not a classifier recipe")
+    cfg = load_recipe(recipe)
+    pcfg = PipelineConfig.from_section(cfg.pipeline, str(recipe))
+    assert pcfg.export["targets"]
