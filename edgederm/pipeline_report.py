@@ -83,7 +83,8 @@ def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
             "format": g.get("format") or "pytorch",
             "precision": g.get("precision") or "fp32",
             "recipe": g.get("recipe"),
-            "size_bytes": path.stat().st_size if path.exists() else None,
+            # The export's size counts every file of the artifact (an OpenVINO IR's .bin too).
+            "size_bytes": g.get("size_bytes") or (path.stat().st_size if path.exists() else None),
             "gate": (g.get("verdict") if g else "reference" if label == "student (PyTorch)" or ctx.student_dir is None else "teacher"),
             "test": {"split": (ev or {}).get("split"), "n": (ev or {}).get("n"), "tta_views": len((ev or {}).get("tta_views", [])),
                      **{k: ci.get(k) for k in ("bacc", "mel_sensitivity", "mel_specificity", "macro_auc")}},
@@ -174,7 +175,7 @@ def write_pipeline_report(ctx: "_Ctx", state: "State") -> dict[str, Path]:
     res_rows = []
     for r in rows:
         t, b = r["test"], r["bench"] or {}
-        res_rows.append([r["label"], f"{r['format']} {r['precision']}" + (f" ({r['recipe']})" if r.get("recipe") not in (None, "default") else ""),
+        res_rows.append([r["label"], f"{r['format']} {r['precision']}" + (f" (recipe {r['recipe']})" if r.get("recipe") not in (None, "default") else ""),
                          _mb(r["size_bytes"]), str(r["gate"]), _ci(t.get("bacc")), _ci(t.get("mel_sensitivity")),
                          _ci(t.get("mel_specificity")), _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
                          _ms(b.get("e2e_p50_ms")) + (f" ({b['e2e_views']} views)" if (b.get("e2e_views") or 1) > 1 else ""),
