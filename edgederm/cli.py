@@ -247,7 +247,8 @@ def run_cmd(
 
         p50 = f"{b['p50_ms']:.2f} ms" if b.get("p50_ms") is not None else "—"
         typer.echo(f"  {r['label']:22s} {str(r['gate']):10s} BACC {ci(t.get('bacc')):24s} MEL sens {ci(t.get('mel_sensitivity')):24s} p50 {p50}")
-    for s in doc["stages"]:
+    last = json.loads((md.parent.parent / "pipeline.json").read_text(encoding="utf-8"))["last_run"]
+    for s in last["stages"]:  # this run's stages (the report may be an up-to-date one from before)
         typer.echo(f"  stage {s['name']:9s} {s['status']:8s} {s['seconds']:7.0f} s  {s['note']}")
     typer.echo(f"report: {md}  and {md.with_suffix('.html')}")
 

@@ -112,8 +112,10 @@ def test_report_matches_evaluate_and_bench_by_hand(done: tuple[Path, Path]) -> N
 def test_rerun_skips_up_to_date_stages_and_redoes_changed_ones(done: tuple[Path, Path]) -> None:
     tmp, run = done
     before = (run / "model.pt").stat().st_mtime_ns
-    run_pipeline(tmp / "recipe.yaml", progress=False)
+    res = CliRunner().invoke(app, ["run", str(tmp / "recipe.yaml")])
+    assert res.exit_code == 0, res.output
     assert set(_last(run).values()) == {"skipped"}
+    assert "stage train     skipped" in res.output and "stage report    skipped" in res.output
     # Only the bench options change: training, distillation, export and evaluation are reused.
     run_pipeline(_recipe(tmp, pipeline={**yaml.safe_load((tmp / "recipe.yaml").read_text())["pipeline"],
                                         "bench": {"threads": [1], "runs": 4, "warmup": 1, "e2e_runs": 1}}), progress=False)
