@@ -34,6 +34,11 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("PIL", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # Libraries that log INFO straight to the root logger (ONNX Runtime's quantizer prints a
+        # line per rescaled weight: hundreds per export) are shown only with -v.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
 
 
 @app.callback()

@@ -112,3 +112,16 @@ def test_console_script_entry_point() -> None:
     """The installed `edgederm` command (not just the function) runs and lists the registries."""
     out = subprocess.run([sys.executable, "-m", "edgederm", "models"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "resnet50" in out.stdout and "efficientnet_lite0" in out.stdout
+
+
+def test_root_logger_info_from_libraries_is_hidden_without_verbose() -> None:
+    """ONNX Runtime's quantizer logs hundreds of INFO lines to the root logger; -v shows them."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from edgederm.cli import _setup_logging; _setup_logging({v}); "
+            "logging.info('root-info'); logging.warning('root-warning'); logging.getLogger('edgederm.t').info('ours')")
+    quiet = subprocess.run([sys.executable, "-c", code.format(v=False)], capture_output=True, text=True).stderr
+    loud = subprocess.run([sys.executable, "-c", code.format(v=True)], capture_output=True, text=True).stderr
+    assert "root-info" not in quiet and "root-warning" in quiet and "ours" in quiet
+    assert "root-info" in loud
