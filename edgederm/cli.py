@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -242,16 +242,15 @@ def run_cmd(
     if not md.exists():
         typer.echo(f"stopped after --until {until}")
         return
+    from .pipeline_report import ci_text
+
     doc = json.loads((md.parent / "results.json").read_text(encoding="utf-8"))
     typer.echo(f"\n{doc['split']} split, n={doc['n']}, 95% lesion-level bootstrap CIs; latency batch 1:")
     for r in doc["rows"]:
         t, b = r["test"], r["bench"] or {}
-
-        def ci(e: Any) -> str:
-            return "—" if not e else f"{e['value']:.3f} [{e['lo']:.3f}-{e['hi']:.3f}]"
-
         p50 = f"{b['p50_ms']:.2f} ms" if b.get("p50_ms") is not None else "—"
-        typer.echo(f"  {r['label']:22s} {str(r['gate']):10s} BACC {ci(t.get('bacc')):24s} MEL sens {ci(t.get('mel_sensitivity')):24s} p50 {p50}")
+        typer.echo(f"  {r['label']:22s} {str(r['gate']):10s} BACC {ci_text(t.get('bacc')):24s} "
+                   f"MEL sens {ci_text(t.get('mel_sensitivity')):24s} p50 {p50}")
     last = json.loads((md.parent.parent / "pipeline.json").read_text(encoding="utf-8"))["last_run"]
     for s in last["stages"]:  # this run's stages (the report may be an up-to-date one from before)
         typer.echo(f"  stage {s['name']:9s} {s['status']:8s} {s['seconds']:7.0f} s  {s['note']}")

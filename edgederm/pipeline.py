@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import EdgedermError
-from .fsutil import sha256_file, write_json_atomic, write_text_atomic
+from .fsutil import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -171,31 +171,24 @@ def run_pipeline(
         torch.set_num_threads(threads)
     run_dir = cfg.run_dir
     ctx = _Ctx(cfg=cfg, pcfg=pcfg, run_dir=run_dir, threads=threads or cfg.threads, progress=progress)
-    steps: list[tuple[str, Callable[[_Ctx, State], StageResult]]] = [
-        ("train", _train), ("distill", _distill), ("export", _export), ("evaluate", _evaluate),
-        ("bench", _bench), ("report", _report),
+    later: list[tuple[str, Callable[[_Ctx, State], StageResult]]] = [
+        ("distill", _distill), ("export", _export), ("evaluate", _evaluate), ("bench", _bench), ("report", _report),
     ]
     t0 = time.perf_counter()
-    state: State | None = None
-    for stage, fn in steps:
-        if stage == "train":
-            res = _train(ctx, force=force)
-            state = State(run_dir)
-            # The train stage records itself only now: the run folder may have been moved aside.
-            ctx.results.append(res)
-        else:
-            assert state is not None
+    res = _train(ctx, force=force)  # records itself: the run folder may have been moved aside
+    state = State(run_dir)
+    for stage, fn in [("train", None), *later]:
+        if fn is not None:
             try:
                 res = fn(ctx, state)
             except BaseException as e:
                 state.record(stage, status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
                 raise
-            ctx.results.append(res)
+        ctx.results.append(res)
         log.info("stage %-8s %s (%.0f s)%s", stage, res.status, res.seconds, f": {res.note}" if res.note else "")
         if until == stage:
             break
     total = time.perf_counter() - t0
-    assert state is not None
     state.doc["last_run"] = {"seconds": total, "stages": [r.__dict__ for r in ctx.results]}
     write_json_atomic(state.path, state.doc)
     return run_dir / REPORT_DIR / "report.md"
@@ -258,8 +251,8 @@ def _train(ctx: _Ctx, *, force: bool) -> StageResult:
             had = recipe_content_sha256(yaml.safe_load((ctx.run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {})
         same = had == rsha and card.data.get("fingerprint") == fingerprint
         if same and (ctx.run_dir / "metrics.json").exists():
-            State(ctx.run_dir).record("train", status="done", key=key, outputs=State(ctx.run_dir).outputs([ckpt]),
-                                      seconds=State(ctx.run_dir).entry("train").get("seconds"))
+            st = State(ctx.run_dir)
+            st.record("train", status="done", key=key, outputs=st.outputs([ckpt]), seconds=st.entry("train").get("seconds"))
             return StageResult("train", "skipped", time.perf_counter() - t0, "up to date (recipe and data hashes match the card)")
         why = "the recipe" if had != rsha else "the data"
         if not force:
@@ -278,7 +271,8 @@ def _train(ctx: _Ctx, *, force: bool) -> StageResult:
             State(ctx.run_dir).record("train", status="failed", key=key, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     secs = time.perf_counter() - t0
-    State(ctx.run_dir).record("train", status="done", key=key, outputs=State(ctx.run_dir).outputs([ckpt]), seconds=secs)
+    st = State(ctx.run_dir)
+    st.record("train", status="done", key=key, outputs=st.outputs([ckpt]), seconds=secs)
     return StageResult("train", "ran", secs, "resumed" if resume else "")
 
 

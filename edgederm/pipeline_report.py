@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .bench.report import _html_table
+from .bench.report import _bytes, _html_table, _ms
 from .fsutil import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", title, rel) | ("pre", text)
 
 
-def _ci(entry: dict[str, Any] | None) -> str:
+def ci_text(entry: dict[str, Any] | None) -> str:
+    """``0.878 [0.842–0.909]`` (the gate table's style) from a bootstrap entry."""
     if not entry or entry.get("value") is None:
         return "—"
     if entry.get("lo") is None:
@@ -35,15 +36,7 @@ def _ci(entry: dict[str, Any] | None) -> str:
     return f"{entry['value']:.3f} [{entry['lo']:.3f}–{entry['hi']:.3f}]"
 
 
-def _ms(x: Any) -> str:
-    return "—" if x is None else f"{x:.2f}" if x < 100 else f"{x:.0f}"
-
-
-def _mb(n: Any) -> str:
-    return "—" if n is None else f"{n / 1e6:.2f} MB"
-
-
-def _bench_by_sha(bench_dir: Path, threads: list[int] | None) -> dict[str, dict[str, Any]]:
+def _bench_by_sha(bench_dir: Path) -> dict[str, dict[str, Any]]:
     """Latest ok result per artifact SHA-256 at batch 1 (the fastest of the measured thread counts)."""
     from .bench.report import latest
     from .bench.store import ResultsStore
@@ -64,10 +57,10 @@ def _bench_by_sha(bench_dir: Path, threads: list[int] | None) -> dict[str, dict[
 
 def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
     """One row per model: identity, export gate, test metrics, latency — all from the stages' files."""
-    from .pipeline import EVAL_DIR, _items, _slug
+    from .pipeline import EVAL_DIR, _export_results, _items, _slug
 
-    gate = {r["target"]: r for r in _export_json(ctx)}
-    bench = _bench_by_sha(ctx.run_dir / "bench", None)
+    gate = {r["target"]: r for r in _export_results(ctx)}
+    bench = _bench_by_sha(ctx.run_dir / "bench")
     rows: list[dict[str, Any]] = []
     for label, path in _items(ctx):
         ev_file = ctx.run_dir / EVAL_DIR / f"{_slug(label)}.json"
@@ -96,11 +89,6 @@ def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
             },
         })
     return rows
-
-
-def _export_json(ctx: "_Ctx") -> list[dict[str, Any]]:
-    p = ctx.export_dir / "summary.json"
-    return list(json.loads(p.read_text(encoding="utf-8")).get("results", [])) if p.exists() else []
 
 
 def _plots(ctx: "_Ctx", out: Path, blocks: list[Block]) -> None:
@@ -176,8 +164,8 @@ def write_pipeline_report(ctx: "_Ctx", state: "State") -> dict[str, Path]:
     for r in rows:
         t, b = r["test"], r["bench"] or {}
         res_rows.append([r["label"], f"{r['format']} {r['precision']}" + (f" (recipe {r['recipe']})" if r.get("recipe") not in (None, "default") else ""),
-                         _mb(r["size_bytes"]), str(r["gate"]), _ci(t.get("bacc")), _ci(t.get("mel_sensitivity")),
-                         _ci(t.get("mel_specificity")), _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
+                         _bytes(r["size_bytes"]), str(r["gate"]), ci_text(t.get("bacc")), ci_text(t.get("mel_sensitivity")),
+                         ci_text(t.get("mel_specificity")), _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
                          _ms(b.get("e2e_p50_ms")) + (f" ({b['e2e_views']} views)" if (b.get("e2e_views") or 1) > 1 else ""),
                          f"{b.get('runtime')} ×{b.get('threads')}" if b else "—"])
     blocks += [("h2", "Results"),
