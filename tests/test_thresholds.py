@@ -176,8 +176,11 @@ def test_later_threshold_may_not_steal_an_earlier_class() -> None:
     # 20 AKIEC: 16 score 0.30–0.45, 4 score 0.20–0.28.
     for s in np.r_[rng.uniform(0.30, 0.45, 16), rng.uniform(0.20, 0.28, 4)]:
         rows.append(_row(0.05, s, NV)); y.append(AKIEC)
-    for j in rng.uniform(0.0, 1.0, 160):
+    for j in rng.uniform(0.0, 1.0, 130):
         rows.append(_row(0.20 * j, 0.10 * j, NV)); y.append(NV)
+    # 30 nevi with MEL scores 0.25–0.45 keep a specific MEL threshold above the borderline ones.
+    for s in rng.uniform(0.25, 0.45, 30):
+        rows.append(_row(s, 0.0, NV)); y.append(NV)
     p, y = np.array(rows), np.array(y)
 
     cal = calibrate(y, p, HAM7)
@@ -194,8 +197,8 @@ def test_later_threshold_may_not_steal_an_earlier_class() -> None:
     assert cal.achieved["AKIEC"]["sens"] >= 0.75
 
 
-def test_search_is_the_best_feasible_candidate_by_brute_force() -> None:
-    """The cumulative-count search against brute force with ``decide`` over every midpoint."""
+def test_search_is_feasible_and_near_the_best_by_brute_force() -> None:
+    """The grid search against brute force with ``decide`` over every midpoint."""
     for seed in range(3):
         rng = np.random.default_rng(seed)
         y = _ham_labels(300, rng)
@@ -231,9 +234,36 @@ def test_search_is_the_best_feasible_candidate_by_brute_force() -> None:
             chosen = {**fixed, name: cal.thresholds[name]}
             pred = decide(p, HAM7, {"rule": "priority_thresholds", "thresholds": chosen, "priority": list(chosen)})
             sens, spec = _sens_spec(y, pred, c)
-            assert min(sens - floors[0], spec - floors[1]) == pytest.approx(best)
+            # Feasible under decide() itself, and within a couple of images of the best
+            # achievable margin (the stable choice trades the last image for continuity).
+            margin = min(sens - floors[0], spec - floors[1])
+            assert margin >= 0 and margin >= best - 2.5 / min((y == c).sum(), (y != c).sum())
             fixed[name] = cal.thresholds[name]
             keep[c] = floors
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_thresholds_are_stable_under_small_probability_changes(seed: int) -> None:
+    """Probabilities moved by at most 0.01 move no threshold by more than 0.02 (30 melanomas:
+    one image is 3 pp of sensitivity, where an exact argmax over counts jumps: on these ten
+    data sets the former exact search moved a threshold by up to 0.44)."""
+    rng = np.random.default_rng(100 + seed)
+    y = _ham_labels(200, rng)
+    y[:30] = MEL
+    p = _model_probs(y, rng, signal=3.0)
+    cfg = ThresholdConfig(targets=[TargetSpec("MEL", 0.80, 0.75), TargetSpec("AKIEC", 0.60, 0.60)], fallbacks=[])
+    base = calibrate(y, p, HAM7, cfg)
+    assert base.thresholds, "the constructed data must admit thresholds"
+    for trial in range(5):
+        q = rng.dirichlet(np.ones(len(HAM7)), len(y))
+        eps = 0.01 * rng.uniform(0.2, 1.0)
+        moved = (1 - eps) * p + eps * q  # rows still sum to 1; |moved - p| ≤ 0.01
+        assert np.abs(moved - p).max() <= 0.01
+        cal = calibrate(y, moved, HAM7, cfg)
+        if cal.fallback != base.fallback:  # a level switch is the one legitimate jump
+            continue
+        for cls, t in base.thresholds.items():
+            assert abs(cal.thresholds[cls] - t) <= 0.02, (trial, cls, t, cal.thresholds[cls])
 
 
 def test_criteria_trade_sensitivity_for_specificity() -> None:
