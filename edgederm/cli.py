@@ -413,10 +413,16 @@ def card_show(path: Path) -> None:
 
 @card_app.command("validate")
 def card_validate(path: Path) -> None:
-    """Validate a card against the schema."""
-    from .card import load_card
+    """Validate a card: schema, cross-field consistency, and for an artifact its SHA-256 and the
+    agreement of the embedded card with the sidecar. Lists every problem; exit 2 if any."""
+    from .card import validate_path
+    from .errors import CardError
 
-    card = load_card(path)
+    card, problems = validate_path(path)
+    for problem in problems:
+        typer.echo(f"{path}: {problem}", err=True)
+    if problems or card is None:
+        raise CardError(f"{path}: invalid card ({len(problems)} problem{'s' if len(problems) != 1 else ''})")
     typer.echo(f"ok: {card.name} (schema v{card.schema_version}, {len(card.classes)} classes)")
 
 
@@ -436,11 +442,49 @@ def _register_stages() -> None:
 _register_stages()
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, UsageError, Abort) classes of both typer's vendored click and click.
+
+    typer >= 0.29 parses with its own copy (``typer._click``), older typer with click itself;
+    either may be what raised, and either module may be absent.
+    """
+    click_exc: list[type] = []
+    usage: list[type] = []
+    abort: list[type] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = __import__(module, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        click_exc.append(mod.ClickException)
+        usage.append(mod.UsageError)
+        if hasattr(mod, "Abort"):
+            abort.append(mod.Abort)
+    try:  # typer's vendored click raises typer.exceptions.Abort
+        from typer.exceptions import Abort as TyperAbort
+
+        abort.append(TyperAbort)
+    except ImportError:
+        pass
+    return tuple(click_exc), tuple(usage), tuple(abort)
+
+
+def _usage_error(e: Exception, usage: tuple[type, ...]) -> str:
+    """``error: <message>`` on one line, with where to look for help on a usage error."""
+    msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, usage) and ctx is not None:
+        msg += f" (see {ctx.command_path} --help)"
+    return f"error: {msg}"
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one-line errors, no tracebacks for user errors."""
+    click_exc, usage, abort = _click_exceptions()
     try:
         # Non-standalone click returns the code of a typer.Exit instead of raising it.
-        rc = app(args=argv, standalone_mode=False)
+        # prog_name: usage lines and hints say `edgederm` also under `python -m edgederm`.
+        rc = app(args=argv, prog_name="edgederm", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except EdgedermError as e:
@@ -452,12 +496,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "NoArgsIsHelpError":
+            # `edgederm` or `edgederm card` alone: the help is the answer (typer's rich formatter
+            # has already printed it; plain click leaves it in the message). Exit 2 as click does.
+            text = e.format_message()  # type: ignore[attr-defined]
+            if text.strip():
+                typer.echo(text, err=True)
+            sys.exit(2)
+        if isinstance(e, click_exc):
+            typer.echo(_usage_error(e, usage), err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        if isinstance(e, abort):
+            typer.echo("aborted", err=True)
             sys.exit(1)
         raise
 

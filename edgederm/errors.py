@@ -35,6 +35,10 @@ class CardError(EdgedermError):
     """An artifact card is missing, malformed, or of an unsupported schema version."""
 
 
+class IntegrityError(EdgedermError):
+    """An artifact's bytes differ from the SHA-256 its sidecar card recorded at export."""
+
+
 class MissingExtraError(EdgedermError):
     """An optional dependency group is not installed."""
 

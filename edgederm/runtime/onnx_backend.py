@@ -7,9 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from ..card import EMBED_KEY, ArtifactCard
+from ..errors import EdgedermError
 from ..fsutil import atomic_path
 from .base import Predictor
-from .registry import Backend, register_backend
+from .registry import Backend, register_backend, short_reason
+
+
+def _unreadable(path: Path, e: BaseException) -> EdgedermError:
+    return EdgedermError(f"{path}: not a readable ONNX file ({short_reason(e)})")
 
 
 class OnnxPredictor(Predictor):
@@ -33,7 +38,14 @@ class OnnxPredictor(Predictor):
         so.inter_op_num_threads = 1
         if providers is None:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), so, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as e:
+            # ORT's own errors (InvalidProtobuf, InvalidGraph, Fail, ...) live in its pybind module;
+            # anything else (a bad provider name, a bug) keeps its traceback.
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise _unreadable(path, e) from None
         self.input_name = self.session.get_inputs()[0].name
         self._dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(
             self.session.get_inputs()[0].type, np.float32
@@ -47,7 +59,10 @@ class OnnxPredictor(Predictor):
 def read_onnx_card(path: Path) -> ArtifactCard | None:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError on a truncated or foreign file, and friends
+        raise _unreadable(path, e) from None
     for prop in model.metadata_props:
         if prop.key == EMBED_KEY:
             return ArtifactCard.from_json(prop.value, source=f"{path} (embedded)")

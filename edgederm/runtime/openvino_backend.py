@@ -20,7 +20,7 @@ import numpy as np
 from ..card import ArtifactCard
 from ..errors import CardError, EdgedermError
 from .base import Predictor
-from .registry import Backend, register_backend
+from .registry import Backend, register_backend, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,8 @@ def _read_model(path: Path) -> Any:
         raise EdgedermError(f"{path}: the IR weights file {ir_bin_path(path).name} is missing next to it")
     try:
         return ov.Core().read_model(str(path))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgedermError(f"{path}: not a readable OpenVINO IR ({first})") from None
+    except RuntimeError as e:  # malformed XML, a .bin shorter than the weights it should hold
+        raise EdgedermError(f"{path}: not a readable OpenVINO IR file ({short_reason(e)})") from None
 
 
 class OpenVinoPredictor(Predictor):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -60,6 +61,23 @@ def backend_for(path: str | Path, name: str | None = None) -> Backend:
     raise EdgedermError(f"{path}: unknown artifact format (known suffixes: {known})")
 
 
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """One informative line of a runtime's exception message (for one-line user errors).
+
+    OpenVINO prefixes the reason with source locations ("Exception from src/...", "Check '...'
+    failed at ..."); ONNX Runtime with "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model
+    from PATH failed:". Both are dropped so the reason itself remains.
+    """
+    text = str(e).strip()
+    m = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : (?:Load model from .*? failed:)?\s*(.*)", text, re.S)
+    if m:
+        text = f"{m.group(1)}: {m.group(2)}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    line = (useful or lines or [type(e).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def read_embedded_card(path: str | Path) -> "ArtifactCard | None":
     backend = backend_for(path)
     backend.check_available()
@@ -70,16 +88,18 @@ def load(path: str | Path, *, backend: str | None = None, **options: Any) -> "Pr
     """Open an artifact of any registered format as a ``Predictor``.
 
     The card is the embedded one (else the sidecar); ``options`` go to the backend (e.g.
-    ``threads=2``, ``device="cuda"``).
+    ``threads=2``, ``device="cuda"``). Refused with a one-line error: a file that differs from
+    the SHA-256 its sidecar recorded, an embedded card and sidecar that disagree on what
+    determines predictions, a decision naming an unknown class or a threshold outside (0, 1).
     """
-    from ..card import load_card
+    from ..card import check_runnable, load_card
 
     p = Path(path)
     if not p.exists():
         raise EdgedermError(f"artifact not found: {p}")
     be = backend_for(p, backend)
     be.check_available()
-    card = load_card(p)
+    card = load_card(p)  # verifies the file against its sidecar's SHA-256, embedded vs sidecar
     if card.task != "classification":
         # A segmentation checkpoint maps images to masks, not probabilities: say so instead of
         # failing later on an unknown architecture name.
@@ -87,4 +107,5 @@ def load(path: str | Path, *, backend: str | None = None, **options: Any) -> "Pr
             f"{p}: a {card.task} artifact; the runtime loads classifiers "
             f"(use edgederm.seg.apply.LesionSegmenter or `edgederm segment` for masks)"
         )
+    check_runnable(card, source=str(p))
     return be.open(p, card, **options)

@@ -15,6 +15,7 @@ float: the predictor quantizes/dequantizes with each tensor's scale and zero poi
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..card import EMBED_KEY, ArtifactCard
 from ..errors import EdgedermError
 from ..fsutil import atomic_path
 from .base import Predictor
-from .registry import Backend, register_backend
+from .registry import Backend, register_backend, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class TFLitePredictor(Predictor):
         super().__init__(path, card)
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=int(threads) if threads else None)
-        except ValueError as e:
-            raise EdgedermError(f"{path}: not a loadable LiteRT model ({str(e).strip().splitlines()[0]})") from None
+        except (ValueError, RuntimeError) as e:  # LiteRT's flatbuffer verifier, op resolution
+            raise EdgedermError(f"{path}: not a readable TFLite file ({short_reason(e)})") from None
         self._in = self.interpreter.get_input_details()[0]
         self._base_shape = [int(d) for d in self._in["shape"]]
         self._batch = self._base_shape[0]
@@ -135,17 +136,33 @@ def read_tflite_card(path: Path) -> ArtifactCard | None:
     from ai_edge_litert import schema_py_generated as schema
 
     data = _model_bytes(path)
-    model = schema.Model.GetRootAs(data, 0)
+    try:
+        raw = _metadata_entry(schema.Model.GetRootAs(data, 0), data, EMBED_KEY)
+    except (struct.error, IndexError, ValueError, TypeError) as e:
+        # The generated reader does not verify the flatbuffer: a truncated file fails on the
+        # first offset past its end.
+        raise EdgedermError(f"{path}: not a readable TFLite file ({type(e).__name__}: {short_reason(e)})") from None
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgedermError(f"{path}: not a readable TFLite file (the {EMBED_KEY} metadata is not UTF-8)") from None
+    return ArtifactCard.from_json(text, source=f"{path} (embedded)")
+
+
+def _metadata_entry(model: Any, data: bytes, name: str) -> bytes | None:
     for i in range(model.MetadataLength()):
         meta = model.Metadata(i)
-        if _text(meta.Name()) != EMBED_KEY:
+        if _text(meta.Name()) != name:
             continue
         buf = model.Buffers(meta.Buffer())
         if buf.Offset() > 1:  # models over 2 GB keep buffers after the flatbuffer
-            raw = data[buf.Offset() : buf.Offset() + buf.Size()]
-        else:
-            raw = buf.DataAsNumpy().tobytes()
-        return ArtifactCard.from_json(raw.decode("utf-8"), source=f"{path} (embedded)")
+            if buf.Offset() + buf.Size() > len(data):
+                raise ValueError(f"metadata buffer ends at byte {buf.Offset() + buf.Size()} of {len(data)}")
+            return data[buf.Offset() : buf.Offset() + buf.Size()]
+        arr = buf.DataAsNumpy()  # the int 0 when the buffer has no data vector
+        return arr.tobytes() if hasattr(arr, "tobytes") else b""
     return None
 
 
