@@ -49,8 +49,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Any keyword of edgederm.train.distill.distill(); ``enabled: false`` exports the ensemble itself.
     "distill": {"enabled": True, "student": "efficientnet_lite0", "epochs": 10},
     # targets: "all" = every registered target this machine can build (others are listed as skipped).
+    # gate: any other Tolerances field (e.g. min_class_support); fidelity_data: a folder of images
+    # not used for training, for the gate's label-free rules (${EDGEDERM_DATA} is expanded).
     "export": {"targets": "all", "recipe": "default", "options": {}, "tolerance_bacc": 1.0,
-               "tolerance_mel_sens": 2.0, "tolerance_class": 5.0},
+               "tolerance_mel_sens": 2.0, "tolerance_class": 5.0, "gate": {}, "fidelity_data": None},
     "evaluate": {"split": "test"},
     "bench": {"threads": None, "batch": [1], "warmup": 10, "runs": 50, "e2e_runs": 20, "teacher": True},
     "gradcam": {"n_images": 8},
@@ -83,6 +85,14 @@ class PipelineConfig:
             out[name] = {**default, **given}
         if out["evaluate"]["split"] not in ("val", "test"):
             raise EdgedermError(f"{where}: pipeline.evaluate.split must be val or test")
+        gate = out["export"].get("gate") or {}
+        from .export.gate import Tolerances
+
+        fields = set(Tolerances.__dataclass_fields__) - {"bacc_pp", "mel_sens_pp", "class_pp"}
+        bad = sorted(set(gate) - fields) if isinstance(gate, dict) else ["(not a mapping)"]
+        if bad:
+            raise EdgedermError(f"{where}: unknown keys in pipeline.export.gate: {bad}; allowed: {sorted(fields)}")
+        Tolerances(**gate)  # values checked now, not after training
         return cls(**out)
 
 
@@ -93,6 +103,20 @@ def _distill_keys() -> set[str]:
     from .train.distill import distill
 
     return set(inspect.signature(distill).parameters) - {"run_dir", "resume"}
+
+
+def _expand(path: Any) -> str | None:
+    """A recipe path with environment variables expanded (an unset one is an error)."""
+    if path in (None, ""):
+        return None
+    s = os.path.expandvars(str(path))
+    if "$" in s:
+        raise EdgedermError(f"pipeline path {path!r} names an unset environment variable (e.g. export EDGEDERM_DATA=/path/to/data)")
+    return s
+
+
+def _as_list(x: Any) -> list[Any]:
+    return [] if x in (None, "") else list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 def _digest(obj: Any) -> str:
@@ -316,9 +340,10 @@ def _export(ctx: _Ctx, state: State) -> StageResult:
         return StageResult("export", "skipped", 0.0, "up to date")
     t0 = time.perf_counter()
     tol = Tolerances(bacc_pp=float(e["tolerance_bacc"]), mel_sens_pp=float(e["tolerance_mel_sens"]),
-                     class_pp=float(e["tolerance_class"]))
+                     class_pp=float(e["tolerance_class"]), **dict(e.get("gate") or {}))
     results = export_run(src, e["targets"], out_dir=ctx.export_dir, recipe=e["recipe"], options=e["options"] or None,
-                         tolerances=tol, n_boot=ctx.cfg.n_boot, threads=ctx.threads)
+                         tolerances=tol, n_boot=ctx.cfg.n_boot, threads=ctx.threads,
+                         fidelity_data=[_expand(f) for f in _as_list(e.get("fidelity_data"))] or None)
     kept = [Path(r["path"]) for r in results if r["status"] == "pass" and r.get("path")]
     secs = time.perf_counter() - t0
     counts = {s: sum(r["status"] == s for r in results) for s in dict.fromkeys(r["status"] for r in results)}

@@ -51,7 +51,7 @@ from test_gate import train_tiny_run  # noqa: E402
 
 #: Agreement with PyTorch per precision: (largest |Δ probability|, smallest argmax agreement),
 #: on validation images, identity view.
-TOLERANCE = {"fp32": (1e-4, 1.0), "fp16": (2e-2, 0.95), "int8": (0.25, 0.75)}
+TOLERANCE = {"fp32": (1e-4, 1.0), "fp16": (2e-2, 0.95), "int8": (0.3, 0.75)}
 FAST = dict(n_boot=20)
 
 
@@ -176,8 +176,9 @@ def test_export_gates_embeds_and_summarises(run: Path, tmp_path: Path) -> None:
         path = Path(r["path"])
         card = load_card(path)  # the embedded one
         assert card.metrics["gate"]["passed"] is True and card.metrics["val"]["n"] == card.metrics["gate"]["n"]
-        # The artifact ships with thresholds re-fitted for it on validation.
-        assert card.decision["calibrated_on"]["by"] == "edgederm gate"
+        # The artifact ships the reference's decision rule, the one the gate judged it under.
+        assert card.decision == load_card(run / "model.pt").decision
+        assert card.metrics["gate"]["decision_mode"] == "card"
         assert card.model["kind"] == "single" and len(card.model["members"]) == 1
         side = read_sidecar(path)
         assert side.artifact["sha256"] == sha256_file(path) == r["sha256"]
@@ -370,6 +371,6 @@ def test_export_cli(run: Path, tmp_path: Path) -> None:
     ok = runner.invoke(app, ["export", str(run), "--target", "onnx", "--out", str(tmp_path), "--n-boot", "20"])
     assert ok.exit_code == 0, ok.output
     assert "| onnx |" in ok.output and "onnx: pass" in ok.output
-    fail = runner.invoke(app, ["export", str(run), "--target", "onnx-fp16", "--out", str(tmp_path), "--n-boot", "20",
-                               "--tolerance-bacc", "-50"])
-    assert fail.exit_code == 1 and "onnx-fp16: FAIL" in fail.output
+    fail = runner.invoke(app, ["export", str(run), "--target", "onnx-int8", "--out", str(tmp_path), "--n-boot", "20",
+                               "--min-agreement", "1"])
+    assert fail.exit_code == 1 and "onnx-int8: FAIL" in fail.output

@@ -29,12 +29,14 @@ def _parse_opts(items: Optional[List[str]]) -> dict[str, Any]:
     return out
 
 
-def _tolerances(bacc: float, mel: float, per_class: Optional[List[str]], min_agreement: Optional[float]) -> Any:
+def _tolerances(bacc: float, mel: float, per_class: Optional[List[str]], min_agreement: Optional[float], **kw: Any) -> Any:
     from .gate import Tolerances
 
     default, per = Tolerances.parse_class(per_class)
+    if min_agreement is not None:
+        kw["min_agreement"] = min_agreement
     return Tolerances(bacc_pp=bacc, mel_sens_pp=mel, class_pp=5.0 if default is None else default,
-                      per_class_pp=per, min_agreement=min_agreement)
+                      per_class_pp=per, **{k: v for k, v in kw.items() if v is not None})
 
 
 def _command() -> None:
@@ -44,7 +46,15 @@ def _command() -> None:
 TOL_BACC = typer.Option(1.0, "--tolerance-bacc", help="Largest BACC drop allowed (percentage points).")
 TOL_MEL = typer.Option(2.0, "--tolerance-mel-sens", help="Largest melanoma-sensitivity drop allowed (pp).")
 TOL_CLASS = typer.Option(None, "--tolerance-class", help="Largest recall drop of any class (pp, default 5), or CLASS=PP; repeatable.")
-MIN_AGREE = typer.Option(None, "--min-agreement", help="Also require this top-1 agreement with the reference (0-1).")
+MIN_AGREE = typer.Option(None, "--min-agreement", help="Top-1 agreement of the decisions with the reference required (0-1, default 0.97).")
+MEL_FLIPS = typer.Option(None, "--mel-flips", help="Melanomas the artifact may lose whatever the class size (default 1).")
+CLASS_FLIPS = typer.Option(None, "--class-flips", help="Images of any other class it may lose whatever the class size (default 1).")
+MIN_IMAGES = typer.Option(None, "--min-images", help="Refuse to certify on fewer evaluation images (default 50).")
+MIN_SUPPORT = typer.Option(None, "--min-class-support", help="Refuse to certify when a class has fewer images (default 3).")
+FIDELITY = typer.Option(None, "--fidelity-data", help="Folder(s) of unlabelled images not used for training, repeatable: label-free fidelity rules.")
+MIN_FIDELITY = typer.Option(None, "--min-fidelity-images", help="Refuse a fidelity pool with fewer images (default 100).")
+FID_AGREE = typer.Option(None, "--fidelity-agreement", help="Agreement with the reference required on the pool (default 0.98).")
+FID_MEL = typer.Option(None, "--fidelity-mel-kept", help="Share of the reference's melanoma calls to keep on the pool (default 0.98).")
 
 
 def register(app: typer.Typer) -> None:
@@ -66,6 +76,14 @@ def register(app: typer.Typer) -> None:
         tolerance_mel_sens: float = TOL_MEL,
         tolerance_class: Optional[List[str]] = TOL_CLASS,
         min_agreement: Optional[float] = MIN_AGREE,
+        mel_flips: Optional[int] = MEL_FLIPS,
+        class_flips: Optional[int] = CLASS_FLIPS,
+        min_images: Optional[int] = MIN_IMAGES,
+        min_class_support: Optional[int] = MIN_SUPPORT,
+        fidelity_data: Optional[List[Path]] = FIDELITY,
+        min_fidelity_images: Optional[int] = MIN_FIDELITY,
+        fidelity_agreement: Optional[float] = FID_AGREE,
+        fidelity_mel_kept: Optional[float] = FID_MEL,
         n_boot: int = typer.Option(1000, help="Bootstrap resamples (lesions) for the CIs."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Gate with the card's TTA views."),
         threads: Optional[int] = typer.Option(None, help="Inference threads for the gate."),
@@ -86,9 +104,12 @@ def register(app: typer.Typer) -> None:
 
         results = export_run(
             run, target, out_dir=out, recipe=recipe, options=_parse_opts(opt), gate=gate,
-            tolerances=_tolerances(tolerance_bacc, tolerance_mel_sens, tolerance_class, min_agreement),
+            tolerances=_tolerances(tolerance_bacc, tolerance_mel_sens, tolerance_class, min_agreement, mel_flips=mel_flips,
+                                   class_flips=class_flips, min_images=min_images, min_class_support=min_class_support,
+                                   min_fidelity_images=min_fidelity_images, fidelity_agreement=fidelity_agreement,
+                                   fidelity_mel_kept=fidelity_mel_kept),
             precheck=precheck, data=data, data_format=fmt, split_file=split_file, n_boot=n_boot,
-            tta=None if tta else False, threads=threads,
+            tta=None if tta else False, threads=threads, fidelity_data=fidelity_data or None,
         )
         summary = Path(results[0]["export_dir"]) / "gate.md" if results and results[0].get("export_dir") else None
         if summary is not None and summary.exists():
@@ -112,25 +133,36 @@ def register(app: typer.Typer) -> None:
         fmt: Optional[str] = typer.Option(None, "--format", help="Data layout (default: auto-detect)."),
         split_file: Optional[Path] = typer.Option(None, "--split-file", help="Split CSV (default: the card's)."),
         split: str = typer.Option("val", help="Split to evaluate: val, test, or all (the whole data set)."),
-        refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="Re-fit clinical thresholds per model (default: only on val)."),
         tolerance_bacc: float = TOL_BACC,
         tolerance_mel_sens: float = TOL_MEL,
         tolerance_class: Optional[List[str]] = TOL_CLASS,
         min_agreement: Optional[float] = MIN_AGREE,
+        mel_flips: Optional[int] = MEL_FLIPS,
+        class_flips: Optional[int] = CLASS_FLIPS,
+        min_images: Optional[int] = MIN_IMAGES,
+        min_class_support: Optional[int] = MIN_SUPPORT,
+        fidelity_data: Optional[List[Path]] = FIDELITY,
+        min_fidelity_images: Optional[int] = MIN_FIDELITY,
+        fidelity_agreement: Optional[float] = FID_AGREE,
+        fidelity_mel_kept: Optional[float] = FID_MEL,
         n_boot: int = typer.Option(1000, help="Bootstrap resamples (lesions) for the CIs."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Use the cards' TTA views."),
         threads: Optional[int] = typer.Option(None),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for gate.json and gate.md (default: the artifact's)."),
         as_json: bool = typer.Option(False, "--json", help="Print gate.json instead of the table."),
     ) -> None:
-        """Accuracy-regression gate: ARTIFACT vs a baseline on one evaluation set. Exit 0 pass, 1 fail, 2 bad input."""
+        """Accuracy-regression gate: ARTIFACT vs a baseline on one evaluation set, each under its card's decision rule.
+        Exit 0 pass, 1 fail, 2 bad input or too little data to certify."""
         from .gate import run_gate
 
         _command()
         result = run_gate(
             artifact, baseline, data=data, fmt=fmt, split_file=split_file, split=split,
-            tolerances=_tolerances(tolerance_bacc, tolerance_mel_sens, tolerance_class, min_agreement),
-            refit=refit, n_boot=n_boot, tta=None if tta else False, threads=threads, out_dir=out,
+            tolerances=_tolerances(tolerance_bacc, tolerance_mel_sens, tolerance_class, min_agreement, mel_flips=mel_flips,
+                                   class_flips=class_flips, min_images=min_images, min_class_support=min_class_support,
+                                   min_fidelity_images=min_fidelity_images, fidelity_agreement=fidelity_agreement,
+                                   fidelity_mel_kept=fidelity_mel_kept),
+            n_boot=n_boot, tta=None if tta else False, threads=threads, out_dir=out, fidelity_data=fidelity_data or None,
         )
         typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.markdown(artifact.name))
         if not result.passed:

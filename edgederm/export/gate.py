@@ -1,34 +1,52 @@
 """The accuracy gate: does an exported artifact still do the clinical job of its FP32 reference?
 
 Both models are run through the one runtime (``edgederm.runtime.load``: the card's preprocessing
-and TTA views) on the lesion-disjoint **validation** split, and compared on the same images:
+and TTA views) on the same lesion-disjoint images (the **validation** split in ``export``) and
+each is judged under **the decision rule its own card ships with** — the rule a device will run.
+Nothing is re-fitted for the verdict: a broken shipped rule (e.g. a melanoma threshold of 0.0001)
+fails like broken weights do.
 
-* BACC, per-class sensitivity / specificity and melanoma sensitivity / specificity, each with a
-  lesion-level bootstrap CI, under the decision rule of the card. With clinical thresholds
-  (``priority_thresholds``) the thresholds are **re-fitted for each model** on validation with
-  ``edgederm.thresholds.calibrate`` (the reference card's targets and fallback chain) and
-  re-checked with the multi-class rule, as a deployment would do for that artifact; if the
-  reference decides by argmax, both are compared by argmax.
-* top-1 agreement with the reference (decisions, and raw argmax), the largest probability
-  difference, the paired bootstrap CI of the BACC difference (the same lesions resampled for
-  both; ``metrics.paired_bootstrap``) and McNemar's test on the decisions (``metrics.mcnemar``).
+**The rule** (docs/gate.md; false-fail / false-pass rates by simulation: bench/gate_simulation.py).
+The comparison is paired: the same images, the reference's decision and the artifact's.
 
-Rules (defaults; all configurable): BACC drop ≤ 1.0 pp, melanoma sensitivity drop ≤ 2.0 pp, no
-class's recall (sensitivity) dropping more than 5 pp. Non-finite outputs (NaN/Inf, e.g. an FP16
-overflow) fail outright. Drops are point estimates on the validation split, the numbers a
-reviewer reads; the CIs say how much the split can tell.
+* *Flips, per class.* For every class, count the images of that class the reference gets right
+  and the artifact gets wrong ("lost"). The artifact may lose at most
+  ``max(flips, floor(pp × n_class))`` of them — ``mel_flips``/``mel_sens_pp`` for melanoma (1
+  image / 2 pp), ``class_flips``/``class_pp`` for every other class (1 image / 5 pp). On a class of
+  4 images one flip is 25 pp, so a percentage-point rule there is a rule against any flip; counting
+  flips is what such a class can support, and large classes get their percentage back.
+* *BACC.* It fails when the drop exceeds ``bacc_pp`` *and* the paired lesion-level bootstrap CI of
+  the difference lies wholly below 0, i.e. the drop is a real one and not one image of a rare class
+  (those are judged by the flip rule above).
+* *Agreement.* The decisions must agree with the reference's on ≥ ``min_agreement`` (0.97) of the
+  images — a label-free check: an export that changes 3 % of the calls is not a faithful copy,
+  whatever the labels of those images. Non-finite outputs (NaN/Inf, e.g. FP16 overflow) fail
+  outright.
+* *Label-free fidelity* (``fidelity_data``: any folder of images not used for training). The
+  artifact must keep ≥ ``fidelity_agreement`` of the reference's decisions and ≥
+  ``fidelity_mel_kept`` of its melanoma calls; each comes with an exact (Clopper–Pearson) CI,
+  which thousands of unlabelled images make tight where a few hundred labelled ones cannot.
+
+**Refusal** (exit 2, ``InsufficientData``): fewer than ``min_images`` images, a class of the
+reference absent or with fewer than ``min_class_support`` images, or a fidelity pool of fewer than
+``min_fidelity_images``. The user may lower these explicitly; the verdict then records them.
+
+Class lists are compared in every mode: a different set of classes is bad input (exit 2); the same
+classes in another order are aligned by name, so an artifact whose card names its outputs wrongly
+is judged on what its outputs mean under those names — and fails.
 
 ``edgederm gate ARTIFACT --baseline CARD_OR_ARTIFACT`` uses the same machinery as a CI
-accuracy-regression gate: against a baseline artifact (both are run, paired statistics), or
-against the metrics a baseline card recorded on the same evaluation set (unpaired). Exit codes:
-0 pass, 1 gate failed, 2 bad input.
+accuracy-regression gate: against a baseline artifact (both are run, paired), or against the
+metrics a baseline card recorded on the same evaluation set (unpaired: per-class recall drops
+against the same flip budgets, BACC against the card's value). Exit codes: 0 pass, 1 gate failed,
+2 bad input or too little data to certify.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,25 +62,43 @@ from ..runtime.base import Predictor
 log = logging.getLogger(__name__)
 
 _EPS = 1e-9
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class InsufficientData(EdgedermError):
+    """Too few images (or a class too rare) for the gate to certify anything: exit 2."""
 
 
 # -- configuration --------------------------------------------------------------------------------
 @dataclass
 class Tolerances:
-    """How much worse than the reference an artifact may be (percentage points, point estimates)."""
+    """How much worse than the reference an artifact may be, and how much data a verdict needs."""
 
     bacc_pp: float = 1.0
     mel_sens_pp: float = 2.0
     class_pp: float = 5.0
     per_class_pp: dict[str, float] = field(default_factory=dict)  # overrides class_pp
-    min_agreement: float | None = None  # optional: top-1 agreement with the reference ≥ this
-    min_class_support: int = 1  # classes with fewer validation images are reported, not gated
+    mel_flips: int = 1  # melanomas the artifact may lose whatever the class size
+    class_flips: int = 1  # the same for every other class
+    min_agreement: float | None = 0.97  # top-1 agreement of the decisions with the reference (None: off)
+    min_images: int = 50
+    min_class_support: int = 3
+    fidelity_agreement: float = 0.98
+    fidelity_mel_kept: float = 0.98
+    min_fidelity_images: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("bacc_pp", "mel_sens_pp", "class_pp"):
+        for name in ("bacc_pp", "mel_sens_pp", "class_pp", "fidelity_agreement", "fidelity_mel_kept"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or math.isnan(v):
-                raise EdgedermError(f"tolerance {name} must be a number, got {v!r}")
+            if not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+                raise EdgedermError(f"tolerance {name} must be a non-negative number, got {v!r}")
+        for name in ("mel_flips", "class_flips", "min_images", "min_class_support", "min_fidelity_images"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise EdgedermError(f"gate setting {name} must be a non-negative integer, got {v!r}")
+        for name in ("fidelity_agreement", "fidelity_mel_kept"):
+            if getattr(self, name) > 1:
+                raise EdgedermError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
             raise EdgedermError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
 
@@ -71,6 +107,12 @@ class Tolerances:
             if k.casefold() == cls.casefold():
                 return float(v)
         return float(self.class_pp)
+
+    def budget(self, cls: str, n: int, *, melanoma: bool) -> int:
+        """Images of class ``cls`` (``n`` of them) the artifact may lose: a flip count on small
+        classes, a percentage of the class on large ones."""
+        pp, flips = (self.mel_sens_pp, self.mel_flips) if melanoma else (self.for_class(cls), self.class_flips)
+        return max(int(flips), int(math.floor(pp / 100.0 * n + _EPS)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,12 +159,32 @@ class Predictions:
         return Predictions(self.name, self.classes, list(ids), self.y[rows], [self.groups[r] for r in rows],
                            self.probs[rows], self.decision, self.views, self.skipped)
 
+    def aligned_to(self, classes: Sequence[str]) -> "Predictions":
+        """The same predictions with columns (and labels) in the order of ``classes``, matched
+        by name: the names are the card's statement of what each output means."""
+        order = [self.classes.index(c) for c in classes]
+        remap = np.array([list(classes).index(c) for c in self.classes])
+        return replace(self, classes=list(classes), probs=self.probs[:, order], y=remap[self.y])
+
+
+def _index_in_order(index: DatasetIndex, classes: Sequence[str]) -> DatasetIndex:
+    """``index`` with its class list in another order (records keep their label names)."""
+    if list(index.classes) == list(classes):
+        return index
+    return replace(index, classes=list(classes))
+
 
 def predict(predictor: Predictor, index: DatasetIndex, *, tta: bool | Sequence[str] | None = None,
             batch_size: int = 16, name: str | None = None) -> Predictions:
-    """Run ``predictor`` over ``index`` through the runtime (card preprocessing and TTA)."""
+    """Run ``predictor`` over ``index`` through the runtime (card preprocessing and TTA).
+
+    A card listing the index's classes in another order is run in its own order (and aligned
+    by name later, in ``compare``); another set of classes is a one-line error."""
     from ..evaluate import predict_index
 
+    classes = list(predictor.card.classes)
+    if sorted(classes) == sorted(index.classes):
+        index = _index_in_order(index, classes)
     kept, skipped, probs = predict_index(predictor, index, tta=tta, batch_size=batch_size)
     assert isinstance(probs, np.ndarray)
     lookup = {c: i for i, c in enumerate(index.classes)}
@@ -130,13 +192,96 @@ def predict(predictor: Predictor, index: DatasetIndex, *, tta: bool | Sequence[s
         name=name or predictor.path.name,
         classes=list(index.classes),
         image_ids=[r.image_id for r in kept],
-        y=np.array([lookup[r.label] for r in kept]),
+        y=np.array([lookup[r.label] for r in kept], dtype=int),
         groups=[r.group for r in kept],
         probs=np.asarray(probs, dtype=np.float64),
         decision=dict(predictor.card.decision),
         views=predictor.views(tta),
         skipped=len(skipped),
     )
+
+
+@dataclass
+class PoolPredictions:
+    """One model's probabilities on an unlabelled fidelity pool."""
+
+    name: str
+    classes: list[str]
+    image_ids: list[str]
+    probs: np.ndarray
+    decision: dict[str, Any]
+    skipped: int = 0
+
+    def aligned_to(self, classes: Sequence[str]) -> "PoolPredictions":
+        order = [self.classes.index(c) for c in classes]
+        return replace(self, classes=list(classes), probs=self.probs[:, order])
+
+
+def pool_images(folders: str | Path | Sequence[str | Path], *,
+                exclude_ids: set[str] | frozenset[str] = frozenset()) -> tuple[list[Path], int]:
+    """Image files under ``folders`` (recursive, sorted, each file once), minus those whose image
+    id (file stem, without ISIC's ``_downsampled``) is in ``exclude_ids`` — the training images;
+    returns (files, number excluded)."""
+    import glob
+
+    roots = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    files: list[Path] = []
+    for entry in roots:
+        if any(ch in str(entry) for ch in "*?["):  # a glob, e.g. ph2/**/*_Dermoscopic_Image/*.jpg (not the masks)
+            hits = sorted(Path(h) for h in glob.glob(str(entry), recursive=True))
+            hits = [h for h in hits if h.is_file() and h.suffix.lower() in IMAGE_SUFFIXES]
+            if not hits:
+                raise EdgedermError(f"fidelity pool {entry}: the pattern matches no image")
+            files += hits
+            continue
+        root = Path(entry)
+        if not root.is_dir():
+            raise EdgedermError(f"fidelity pool {root} is not a folder of images (or a glob pattern)")
+        files += sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = list(dict.fromkeys(p.resolve() for p in files))
+    kept = [p for p in files if _image_id(p) not in exclude_ids]
+    return kept, len(files) - len(kept)
+
+
+def _image_id(path: Path) -> str:
+    stem = path.stem
+    return stem[: -len("_downsampled")] if stem.endswith("_downsampled") else stem
+
+
+def predict_pool(predictor: Predictor, files: Sequence[Path], *, tta: bool | Sequence[str] | None = None,
+                 batch_size: int = 32, name: str | None = None) -> PoolPredictions:
+    """Probabilities of ``predictor`` on unlabelled images; unreadable files are skipped (counted)."""
+    from tqdm.auto import tqdm
+
+    from ..data.images import load_image
+    from ..errors import ImageError
+
+    draft = 2 * max(max(h.spec.input_size) for h in predictor.heads())
+    ids: list[str] = []
+    chunks: list[np.ndarray] = []
+    batch: list[Any] = []
+    skipped = 0
+
+    def flush() -> None:
+        if batch:
+            chunks.append(np.asarray(predictor.predict_proba(batch, tta=tta, batch_size=batch_size), dtype=np.float64))
+            batch.clear()
+
+    for f in tqdm(files, desc=f"fidelity {name or predictor.path.name}", unit="img", leave=False, disable=None):
+        try:
+            batch.append(load_image(f, draft_size=draft))
+        except ImageError as e:
+            skipped += 1
+            log.warning("fidelity pool: skipped %s", e)
+            continue
+        ids.append(str(f))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(predictor.classes)))
+    return PoolPredictions(name or predictor.path.name, list(predictor.classes), ids, probs,
+                           dict(predictor.card.decision), skipped)
 
 
 @dataclass
@@ -148,6 +293,7 @@ class RecordedBaseline:
     n: int
     metrics: dict[str, Any]  # bootstrap_ci-style entries: {"bacc": {"value", "lo", "hi"}, ...}
     decision: dict[str, Any]
+    classes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_card(cls, card: Any, split: str, name: str) -> "RecordedBaseline":
@@ -155,7 +301,8 @@ class RecordedBaseline:
         if not isinstance(m, dict) or not isinstance(m.get("bacc"), dict):
             have = [k for k, v in card.metrics.items() if isinstance(v, dict) and "bacc" in v]
             raise EdgedermError(f"baseline card {name} records no {split!r} metrics to compare with (it has: {', '.join(have) or 'none'})")
-        return cls(name=name, split=split, n=int(m.get("n", 0)), metrics=m, decision=dict(card.decision))
+        return cls(name=name, split=split, n=int(m.get("n", 0)), metrics=m, decision=dict(card.decision),
+                   classes=list(card.classes))
 
 
 # -- the gate -------------------------------------------------------------------------------------
@@ -169,7 +316,7 @@ class GateResult:
     n_lesions: int
     split: str
     views: list[str]
-    decision_mode: str  # refit | argmax | card
+    decision_mode: str  # "card": each model under its own card's decision rule
     paired: bool
     tolerances: dict[str, Any]
     classes: list[str]
@@ -195,6 +342,7 @@ class GateResult:
             return None if not m or key not in m else {k: m[key].get(k) for k in ("value", "lo", "hi")}
 
         c = self.comparison
+        fid = c.get("fidelity")
         return {
             "passed": self.passed,
             "reasons": list(self.reasons),
@@ -211,7 +359,10 @@ class GateResult:
             "max_prob_diff": c.get("max_prob_diff"),
             "bacc_diff": c.get("bacc_diff"),
             "mcnemar_p": (c.get("mcnemar") or {}).get("p_value"),
+            "lost": {k: v["lost"] for k, v in (c.get("flips") or {}).items()},
+            "fidelity": None if not fid else {k: fid.get(k) for k in ("n", "agreement", "mel_kept", "passed")},
             "nonfinite": c.get("nonfinite", 0),
+            "thresholds": (self.artifact_decision or {}).get("thresholds"),
             "tolerances": self.tolerances,
         }
 
@@ -220,41 +371,45 @@ class GateResult:
         lines = [f"## {title or self.artifact}: **{self.verdict}**", ""]
         lines.append(
             f"{self.split} split, n = {self.n} images ({self.n_lesions} lesions), TTA views: {len(self.views)}, "
-            f"decision: {_mode_text(self.decision_mode)}; reference: {self.reference}"
+            f"decision: each card's own rule ({_rule_text(self.reference_decision)} for the reference, "
+            f"{_rule_text(self.artifact_decision)} for the artifact); reference: {self.reference}"
             + ("" if self.paired else " (recorded metrics, unpaired)")
         )
-        lines += ["", f"| model | BACC ({pct} CI) | MEL sens ({pct} CI) | MEL spec ({pct} CI) | agreement | max Δp | ΔBACC ({pct} CI) | McNemar p |",
+        if self.comparison.get("class_order_differs"):
+            lines += ["", "The artifact's card lists the classes in another order; outputs were matched by class name."]
+        lines += ["", f"| model | BACC [{pct} CI] | MEL sens [{pct} CI] | MEL spec [{pct} CI] | agreement | max Δp | ΔBACC [{pct} CI] | McNemar p |",
                   "|---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|"]
         rm, am, c = self.reference_metrics, self.artifact_metrics, self.comparison
         lines.append(f"| reference | {_ci(rm, 'bacc')} | {_ci(rm, 'mel_sensitivity')} | {_ci(rm, 'mel_specificity')} | — | — | — | — |")
         d = c.get("bacc_diff") or {}
         diff = "—" if d.get("diff") is None else f"{100 * d['diff']:+.1f} pp" + (
-            f" ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f})" if d.get("lo") is not None else "")
+            f" [{100 * d['lo']:+.1f} to {100 * d['hi']:+.1f}]" if d.get("lo") is not None else "")
         lines.append(
             f"| artifact | {_ci(am, 'bacc')} | {_ci(am, 'mel_sensitivity')} | {_ci(am, 'mel_specificity')} | "
             f"{_num(c.get('agreement'))} | {_num(c.get('max_prob_diff'))} | {diff} | {_num((c.get('mcnemar') or {}).get('p_value'))} |"
         )
-        if self.decision_mode == "refit":
-            def thr(d: Mapping[str, Any] | None) -> str:
-                t = (d or {}).get("thresholds") or {}
-                return ", ".join(f"{k} ≥ {v:.4f}" for k, v in t.items()) or "argmax (no threshold met its floors)"
-
-            lines += ["", f"Thresholds re-fitted on {self.split}: reference {thr(self.reference_decision)}; "
-                          f"artifact {thr(self.artifact_decision) if self.artifact_decision else 'n/a'}."]
-        lines += ["", "| class | n | reference recall | artifact recall | Δ (pp) | tolerance (pp) |", "|---|---:|:---:|:---:|:---:|:---:|"]
+        flips = c.get("flips") or {}
+        lines += ["", "| class | n | reference correct | lost | gained | allowed to lose | reference recall | artifact recall |",
+                  "|---|---:|---:|---:|---:|---:|:---:|:---:|"]
         for cls in self.classes:
             key = f"sensitivity/{cls}"
             r = (rm.get(key) or {}).get("value")
             a = ((am or {}).get(key) or {}).get("value")
-            delta = "—" if r is None or a is None else f"{100 * (a - r):+.1f}"
-            lines.append(f"| {cls} | {self.support.get(cls, 0)} | {_num(r)} | {_num(a)} | {delta} | {self.tolerances['per_class_pp'].get(cls, self.tolerances['class_pp'])} |")
+            f = flips.get(cls) or {}
+            lines.append(f"| {cls} | {self.support.get(cls, 0)} | {f.get('ref_correct', '—')} | {f.get('lost', '—')} | "
+                         f"{f.get('gained', '—')} | {f.get('budget', '—')} | {_num(r)} | {_num(a)} |")
+        fid = c.get("fidelity")
+        if fid:
+            lines += ["", _fidelity_markdown(fid)]
         lines.append("")
         if self.reasons:
             lines += ["Failed rules:", ""] + [f"- {r}" for r in self.reasons]
         else:
             t = self.tolerances
-            lines.append(f"All rules hold: BACC drop ≤ {t['bacc_pp']} pp, MEL sensitivity drop ≤ {t['mel_sens_pp']} pp, "
-                         f"no class recall drop > {t['class_pp']} pp.")
+            lines.append(f"All rules hold: no class lost more than its allowance of the reference's correct calls "
+                         f"(melanoma: max({t['mel_flips']}, {t['mel_sens_pp']:g}% of n); others: max({t['class_flips']}, "
+                         f"{t['class_pp']:g}% of n)); no BACC drop over {t['bacc_pp']:g} pp with a paired CI excluding 0"
+                         + ("; fidelity pool rules hold." if fid else "."))
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | Path, *, title: str | None = None) -> tuple[Path, Path]:
@@ -265,25 +420,13 @@ class GateResult:
         return out / "gate.json", out / "gate.md"
 
 
-def _mode_text(mode: str) -> str:
-    return {"refit": "clinical thresholds re-fitted per model on this split (multi-class rule)",
-            "argmax": "argmax", "card": "each card's own decision rule"}.get(mode, mode)
-
-
-def threshold_config(decision: Mapping[str, Any], override: Mapping[str, Any] | None = None) -> Any:
-    """The ``ThresholdConfig`` to re-fit with: ``override`` (e.g. the run's recipe), else the
-    card's recorded targets (in priority order) and criterion with the default fallback chain."""
-    from ..thresholds import TargetSpec, ThresholdConfig
-
-    if override:
-        return ThresholdConfig.from_dict(override)
-    targets = decision.get("targets") or {}
-    if not targets:
-        return None
-    return ThresholdConfig(
-        targets=[TargetSpec(c, v["min_sens"], v["min_spec"]) for c, v in targets.items()],
-        criterion=str(decision.get("criterion", "margin")),
-    )
+def _rule_text(decision: Mapping[str, Any] | None) -> str:
+    if not decision:
+        return "n/a"
+    t = decision.get("thresholds") or {}
+    if decision.get("rule", "argmax") == "argmax" or not t:
+        return "argmax"
+    return "thresholds " + ", ".join(f"{k} ≥ {float(v):.4f}" for k, v in t.items())
 
 
 def _melanoma(classes: Sequence[str]) -> str | None:
@@ -294,40 +437,54 @@ def _melanoma(classes: Sequence[str]) -> str | None:
     return None
 
 
-def _metrics(p: Predictions, y_pred: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any]:
+def _metrics(y: np.ndarray, probs: np.ndarray, groups: Sequence[str], classes: Sequence[str], y_pred: np.ndarray, *,
+             n_boot: int, seed: int) -> dict[str, Any]:
     wanted = ["bacc", "accuracy"]
-    if _melanoma(p.classes):
+    if _melanoma(classes):
         wanted += ["mel_sensitivity", "mel_specificity"]
-    wanted += [f"sensitivity/{c}" for c in p.classes] + [f"specificity/{c}" for c in p.classes]
-    return bootstrap_ci(p.y, p.probs, p.classes, groups=p.groups, y_pred=y_pred, n_boot=n_boot, seed=seed, metrics=wanted)
+    wanted += [f"sensitivity/{c}" for c in classes] + [f"specificity/{c}" for c in classes]
+    return bootstrap_ci(y, probs, list(classes), groups=list(groups), y_pred=y_pred, n_boot=n_boot, seed=seed, metrics=wanted)
 
 
-def _decision(p: Predictions, mode: str, cfg: Any) -> dict[str, Any]:
-    if mode == "argmax":
-        return {"rule": "argmax"}
-    if mode == "card":
-        return dict(p.decision)
-    from ..thresholds import calibrate
-
-    return calibrate(p.y, p.probs, p.classes, cfg, calibrated_on={"by": "edgederm gate", "model": p.name}).decision
+def _decide(probs: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any], who: str) -> np.ndarray:
+    try:
+        return decide(probs, list(classes), dict(decision))
+    except (ValueError, TypeError, KeyError) as e:
+        raise EdgedermError(f"the decision rule in the card of {who} cannot be applied: {e}") from None
 
 
-def decision_mode(reference_decision: Mapping[str, Any], *, refit: bool, thresholds: Mapping[str, Any] | None = None) -> tuple[str, Any]:
-    """How both models decide in the gate: ``argmax`` if the reference does, else ``refit``
-    (thresholds re-fitted per model with the returned ThresholdConfig) or ``card``."""
-    if reference_decision.get("rule", "argmax") == "argmax":
-        return "argmax", None
-    if not refit:
-        return "card", None
-    cfg = threshold_config(reference_decision, thresholds)
-    return ("refit", cfg) if cfg is not None else ("card", None)
+def check_classes_match(reference: Sequence[str], artifact: Sequence[str], *, what: str = "artifact") -> bool:
+    """Exit-2 error unless both cards name the same classes; True when only their order differs."""
+    if list(reference) == list(artifact):
+        return False
+    if sorted(reference) != sorted(artifact):
+        raise EdgedermError(f"class lists differ: reference {list(reference)}, {what} {list(artifact)}")
+    return True
 
 
-def reference_metrics(p: Predictions, *, refit: bool = True, thresholds: Mapping[str, Any] | None = None,
-                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The reference's own gate metrics (as ``compare`` computes them for it)."""
-    mode, cfg = decision_mode(p.decision, refit=refit, thresholds=thresholds)
-    return _metrics(p, decide(p.probs, p.classes, _decision(p, mode, cfg)), n_boot=n_boot, seed=seed)
+def certify_check(classes: Sequence[str], y: np.ndarray, tol: Tolerances, *, where: str = "the evaluation set") -> dict[str, int]:
+    """Refuse (``InsufficientData``, exit 2) when the images cannot support a verdict; the support."""
+    support = {c: int((np.asarray(y) == k).sum()) for k, c in enumerate(classes)}
+    n = int(len(y))
+    if n < tol.min_images:
+        raise InsufficientData(f"{where} has {n} images; the gate needs at least {tol.min_images} to certify "
+                               f"(lower it explicitly with --min-images)")
+    thin = [f"{c} ({support[c]})" for c in classes if support[c] < max(tol.min_class_support, 1)]
+    if thin:
+        raise InsufficientData(f"{where} has too few images of {', '.join(thin)}: each class needs at least "
+                               f"{max(tol.min_class_support, 1)} (lower it explicitly with --min-class-support)")
+    return support
+
+
+def _flips(y: np.ndarray, ref_pred: np.ndarray, art_pred: np.ndarray, classes: Sequence[str], tol: Tolerances) -> dict[str, dict[str, int]]:
+    mel = _melanoma(classes)
+    out: dict[str, dict[str, int]] = {}
+    for k, c in enumerate(classes):
+        m = y == k
+        rc, ac = ref_pred[m] == k, art_pred[m] == k
+        out[c] = {"n": int(m.sum()), "ref_correct": int(rc.sum()), "lost": int((rc & ~ac).sum()),
+                  "gained": int((~rc & ac).sum()), "budget": tol.budget(c, int(m.sum()), melanoma=c == mel)}
+    return out
 
 
 def compare(
@@ -335,32 +492,32 @@ def compare(
     reference: Predictions | RecordedBaseline,
     *,
     tolerances: Tolerances | None = None,
-    refit: bool = True,
-    thresholds: Mapping[str, Any] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     split: str = "val",
+    fidelity: tuple[PoolPredictions, PoolPredictions] | None = None,
 ) -> GateResult:
     """Gate ``artifact`` against ``reference`` (predictions on the same images, or recorded
-    metrics). ``refit``: re-fit clinical thresholds per model (only legitimate on validation);
-    ``thresholds``: a ThresholdConfig dict to re-fit with (default: the reference card's)."""
+    metrics), each under its own card's decision rule. ``fidelity``: (artifact, reference)
+    predictions on an unlabelled pool. Raises ``InsufficientData`` when the data cannot certify."""
     tol = tolerances or Tolerances()
     paired = isinstance(reference, Predictions)
-    ref_decision = dict(reference.decision)
-    mode, cfg = decision_mode(ref_decision, refit=refit, thresholds=thresholds)
+    ref_classes = list(reference.classes) if reference.classes else list(artifact.classes)
+    reordered = check_classes_match(ref_classes, artifact.classes)
+    art = artifact.aligned_to(ref_classes) if reordered else artifact
+    classes = ref_classes
 
+    ref: Predictions | None = None
     if paired:
         assert isinstance(reference, Predictions)
-        common = [i for i in reference.image_ids if i in set(artifact.image_ids)]
+        art_ids = set(art.image_ids)
+        common = [i for i in reference.image_ids if i in art_ids]
         if not common:
             raise EdgedermError("the artifact and the reference share no scored images")
-        if reference.classes != artifact.classes:
-            raise EdgedermError(f"class lists differ: reference {reference.classes}, artifact {artifact.classes}")
-        ref, art = reference.subset(common), artifact.subset(common)
+        ref, art = reference.subset(common), art.subset(common)
         if ref.n_nonfinite:
             raise EdgedermError(f"the reference {ref.name} gives non-finite outputs on {ref.n_nonfinite} images: it cannot be a baseline")
     else:
-        art, ref = artifact, None
         assert isinstance(reference, RecordedBaseline)
         if reference.n and reference.n != len(art.y):
             raise EdgedermError(
@@ -368,51 +525,65 @@ def compare(
                 f"but this evaluation set has {len(art.y)}: not the same evaluation set"
             )
 
-    classes = art.classes
-    support = {c: int((art.y == k).sum()) for k, c in enumerate(classes)}
+    support = certify_check(classes, art.y, tol, where=f"the {split} split")
     n_lesions = len(set(art.groups))
     reasons: list[str] = []
-    comparison: dict[str, Any] = {"nonfinite": art.n_nonfinite}
+    comparison: dict[str, Any] = {"nonfinite": art.n_nonfinite, "class_order_differs": reordered}
+    mel = _melanoma(classes)
 
     if ref is not None:
-        ref_dec = _decision(ref, mode, cfg)
-        ref_pred = decide(ref.probs, classes, ref_dec)
-        ref_metrics = _metrics(ref, ref_pred, n_boot=n_boot, seed=seed)
+        ref_dec = dict(ref.decision)
+        ref_pred = _decide(ref.probs, classes, ref_dec, ref.name)
+        ref_metrics = _metrics(ref.y, ref.probs, ref.groups, classes, ref_pred, n_boot=n_boot, seed=seed)
     else:
         assert isinstance(reference, RecordedBaseline)
-        ref_dec, ref_pred = ref_decision, None
+        ref_dec, ref_pred = dict(reference.decision), None
         ref_metrics = {k: v for k, v in reference.metrics.items() if isinstance(v, dict) and "value" in v}
 
     art_metrics: dict[str, Any] | None = None
-    art_dec: dict[str, Any] | None = None
+    art_dec = dict(art.decision)
     if art.n_nonfinite:
         reasons.append(f"non-finite outputs (NaN/Inf) on {art.n_nonfinite} of {len(art.y)} images")
     else:
-        art_dec = _decision(art, mode, cfg) if mode != "card" else dict(art.decision)
-        art_pred = decide(art.probs, classes, art_dec)
-        art_metrics = _metrics(art, art_pred, n_boot=n_boot, seed=seed)
+        art_pred = _decide(art.probs, classes, art_dec, art.name)
+        art_metrics = _metrics(art.y, art.probs, art.groups, classes, art_pred, n_boot=n_boot, seed=seed)
         if ref is not None and ref_pred is not None:
+            bacc_diff = _diff(paired_bootstrap(ref.y, ref_pred, art_pred, classes, groups=ref.groups, metric="bacc", n_boot=n_boot, seed=seed))
             comparison.update(
                 agreement=float(np.mean(art_pred == ref_pred)),
                 argmax_agreement=float(np.mean(art.probs.argmax(1) == ref.probs.argmax(1))),
                 max_prob_diff=float(np.abs(art.probs - ref.probs).max()),
                 mean_prob_diff=float(np.abs(art.probs - ref.probs).mean()),
-                bacc_diff=_diff(paired_bootstrap(ref.y, ref_pred, art_pred, classes, groups=ref.groups, metric="bacc", n_boot=n_boot, seed=seed)),
+                bacc_diff=bacc_diff,
                 mcnemar=mcnemar(ref.y, ref_pred, art_pred),
+                flips=_flips(ref.y, ref_pred, art_pred, classes, tol),
             )
-            if _melanoma(classes) and support[_melanoma(classes)]:  # type: ignore[index]
+            if mel and support[mel]:
                 comparison["mel_sens_diff"] = _diff(paired_bootstrap(
                     ref.y, ref_pred, art_pred, classes, groups=ref.groups, metric="mel_sensitivity", n_boot=n_boot, seed=seed))
-        reasons += _rules(ref_metrics, art_metrics, classes, support, tol)
+            reasons += _paired_rules(comparison, ref_metrics, art_metrics, classes, mel, tol)
+        else:
+            reasons += _recorded_rules(ref_metrics, art_metrics, classes, support, mel, tol)
         if tol.min_agreement is not None and comparison.get("agreement") is not None and comparison["agreement"] < tol.min_agreement - _EPS:
             reasons.append(f"top-1 agreement with the reference {comparison['agreement']:.3f} < {tol.min_agreement:.3f}")
 
+    if fidelity is not None:
+        fid = fidelity_check(fidelity[0], fidelity[1], classes, tol)
+        comparison["fidelity"] = fid
+        reasons += fid["reasons"]
+
     return GateResult(
         artifact=artifact.name, reference=reference.name, passed=not reasons, reasons=reasons, n=len(art.y),
-        n_lesions=n_lesions, split=split, views=list(art.views), decision_mode=mode, paired=paired,
+        n_lesions=n_lesions, split=split, views=list(art.views), decision_mode="card", paired=paired,
         tolerances=tol.to_dict(), classes=list(classes), support=support, artifact_metrics=art_metrics,
         reference_metrics=ref_metrics, artifact_decision=art_dec, reference_decision=ref_dec, comparison=comparison,
     )
+
+
+def reference_metrics(p: Predictions, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The reference's own gate metrics, under its card's decision rule (as ``compare`` scores it)."""
+    pred = _decide(p.probs, p.classes, p.decision, p.name)
+    return _metrics(p.y, p.probs, p.groups, p.classes, pred, n_boot=n_boot, seed=seed)
 
 
 def _diff(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -424,30 +595,118 @@ def _value(m: Mapping[str, Any] | None, key: str) -> float | None:
     return None if not isinstance(e, Mapping) else e.get("value")
 
 
-def _rules(ref: Mapping[str, Any], art: Mapping[str, Any], classes: Sequence[str], support: Mapping[str, int], tol: Tolerances) -> list[str]:
+def _paired_rules(c: Mapping[str, Any], ref: Mapping[str, Any], art: Mapping[str, Any], classes: Sequence[str],
+                  mel: str | None, tol: Tolerances) -> list[str]:
     reasons: list[str] = []
-    r, a = _value(ref, "bacc"), _value(art, "bacc")
-    if r is not None and a is not None and 100 * (r - a) > tol.bacc_pp + _EPS:
-        reasons.append(f"BACC dropped {100 * (r - a):.1f} pp ({r:.3f} → {a:.3f}); tolerance {tol.bacc_pp:g} pp")
-    mel = _melanoma(classes)
-    r, a = _value(ref, "mel_sensitivity"), _value(art, "mel_sensitivity")
-    if mel and r is not None and a is not None and 100 * (r - a) > tol.mel_sens_pp + _EPS:
-        n = support.get(mel, 0)
+    for cls in classes:
+        f = c["flips"][cls]
+        if f["lost"] > f["budget"]:
+            what = "melanomas" if cls == mel else f"{cls} images"
+            reasons.append(
+                f"{cls}: lost {f['lost']} of the {f['ref_correct']} {what} the reference calls correctly "
+                f"(gained {f['gained']}; {f['n']} in the split); allowed {f['budget']}"
+            )
+    d = c.get("bacc_diff") or {}
+    if d.get("diff") is not None and -100 * d["diff"] > tol.bacc_pp + _EPS and d.get("hi") is not None and d["hi"] < 0:
+        r, a = _value(ref, "bacc"), _value(art, "bacc")
         reasons.append(
-            f"melanoma sensitivity dropped {100 * (r - a):.1f} pp ({r:.3f} → {a:.3f}, "
-            f"{round(r * n)}/{n} → {round(a * n)}/{n} melanomas); tolerance {tol.mel_sens_pp:g} pp"
+            f"BACC dropped {-100 * d['diff']:.1f} pp ({r:.3f} → {a:.3f}), paired 95% CI of the change "
+            f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] pp excludes 0; margin {tol.bacc_pp:g} pp"
         )
+    return reasons
+
+
+def _recorded_rules(ref: Mapping[str, Any], art: Mapping[str, Any], classes: Sequence[str], support: Mapping[str, int],
+                    mel: str | None, tol: Tolerances) -> list[str]:
+    """Unpaired: each class's recall may drop by its budget's worth of images; BACC may not drop
+    by more than the margin with the artifact's whole CI below the recorded value."""
+    reasons: list[str] = []
     for cls in classes:
         n = support.get(cls, 0)
-        if n < max(1, tol.min_class_support):
-            continue
         r, a = _value(ref, f"sensitivity/{cls}"), _value(art, f"sensitivity/{cls}")
-        t = tol.for_class(cls)
-        if r is not None and a is not None and 100 * (r - a) > t + _EPS:
-            reasons.append(
-                f"{cls} recall dropped {100 * (r - a):.1f} pp ({round(r * n)}/{n} → {round(a * n)}/{n} images); tolerance {t:g} pp"
-            )
+        if r is None or a is None or not n:
+            continue
+        budget = tol.budget(cls, n, melanoma=cls == mel)
+        lost = round((r - a) * n)
+        if lost > budget:
+            reasons.append(f"{cls}: recall {r:.3f} → {a:.3f}, {lost} fewer of {n} images than the recorded baseline; allowed {budget}")
+    r, a = _value(ref, "bacc"), _value(art, "bacc")
+    hi = ((art.get("bacc") or {}) if isinstance(art.get("bacc"), Mapping) else {}).get("hi")
+    if r is not None and a is not None and 100 * (r - a) > tol.bacc_pp + _EPS and hi is not None and hi < r:
+        reasons.append(f"BACC dropped {100 * (r - a):.1f} pp ({r:.3f} → {a:.3f}), the artifact's 95% CI [.., {hi:.3f}] "
+                       f"lies below the recorded value; margin {tol.bacc_pp:g} pp")
     return reasons
+
+
+# -- label-free fidelity --------------------------------------------------------------------------
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    """Exact binomial CI of k/n (two-sided, level 1 − alpha)."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return None, None
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def _prop(k: int, n: int) -> dict[str, Any]:
+    lo, hi = clopper_pearson(k, n)
+    return {"k": int(k), "n": int(n), "value": (k / n) if n else None, "lo": lo, "hi": hi}
+
+
+def fidelity_check(artifact: PoolPredictions, reference: PoolPredictions, classes: Sequence[str], tol: Tolerances) -> dict[str, Any]:
+    """Agreement with the reference's decisions on an unlabelled pool, and for each class the
+    share of the reference's calls the artifact keeps, with exact binomial CIs."""
+    check_classes_match(classes, reference.classes, what="reference (fidelity pool)")
+    if check_classes_match(classes, artifact.classes):
+        artifact = artifact.aligned_to(classes)
+    if reference.classes != list(classes):
+        reference = reference.aligned_to(classes)
+    common = set(artifact.image_ids) & set(reference.image_ids)
+    a_rows = [i for i, x in enumerate(artifact.image_ids) if x in common]
+    r_pos = {x: i for i, x in enumerate(reference.image_ids)}
+    r_rows = [r_pos[artifact.image_ids[i]] for i in a_rows]
+    n = len(a_rows)
+    if n < tol.min_fidelity_images:
+        raise InsufficientData(f"the fidelity pool has {n} readable images; at least {tol.min_fidelity_images} are needed "
+                               f"(lower it explicitly with --min-fidelity-images)")
+    ap, rp = artifact.probs[a_rows], reference.probs[r_rows]
+    reasons: list[str] = []
+    bad = int((~np.isfinite(ap)).any(axis=1).sum())
+    if bad:
+        reasons.append(f"fidelity pool: non-finite outputs on {bad} of {n} images")
+        ap = np.nan_to_num(ap, nan=0.0, posinf=1.0, neginf=0.0)
+    a_pred = _decide(ap, classes, artifact.decision, artifact.name)
+    r_pred = _decide(rp, classes, reference.decision, reference.name)
+    agree = _prop(int((a_pred == r_pred).sum()), n)
+    kept = {c: _prop(int(((r_pred == k) & (a_pred == k)).sum()), int((r_pred == k).sum())) for k, c in enumerate(classes)}
+    mel = _melanoma(classes)
+    out: dict[str, Any] = {"n": n, "skipped": artifact.skipped, "agreement": agree, "kept": kept,
+                           "mel_kept": kept.get(mel) if mel else None,
+                           "max_prob_diff": float(np.abs(ap - rp).max()) if n else None,
+                           "rules": {"agreement": tol.fidelity_agreement, "mel_kept": tol.fidelity_mel_kept}}
+    if agree["value"] is not None and agree["value"] < tol.fidelity_agreement - _EPS:
+        reasons.append(f"fidelity pool: agreement with the reference {agree['value']:.4f} "
+                       f"[{agree['lo']:.4f}–{agree['hi']:.4f}] < {tol.fidelity_agreement:g} on {n} images")
+    mk = kept.get(mel) if mel else None
+    if mk and mk["n"] and mk["value"] < tol.fidelity_mel_kept - _EPS:
+        reasons.append(f"fidelity pool: kept {mk['k']} of the reference's {mk['n']} melanoma calls ({mk['value']:.4f}, "
+                       f"95% CI {mk['lo']:.4f}–{mk['hi']:.4f}) < {tol.fidelity_mel_kept:g}")
+    out["reasons"] = reasons
+    out["passed"] = not reasons
+    return out
+
+
+def _fidelity_markdown(fid: Mapping[str, Any]) -> str:
+    a = fid["agreement"]
+    lines = [f"Label-free fidelity on {fid['n']} unlabelled images: agreement with the reference's decisions "
+             f"{_num(a['value'], 4)} [95% CI {_num(a['lo'], 4)}–{_num(a['hi'], 4)}] (rule ≥ {fid['rules']['agreement']:g}); "
+             f"largest probability change {_num(fid.get('max_prob_diff'), 4)}.", "",
+             "| reference's call | calls | kept by the artifact | kept [95% exact CI] |", "|---|---:|---:|:---:|"]
+    for cls, k in fid["kept"].items():
+        lines.append(f"| {cls} | {k['n']} | {k['k']} | {_num(k['value'], 4)} [{_num(k['lo'], 4)}–{_num(k['hi'], 4)}] |")
+    return "\n".join(lines)
 
 
 # -- reports --------------------------------------------------------------------------------------
@@ -471,18 +730,29 @@ def _size(n: int | None) -> str:
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``| target | size | BACC [CI] | MEL sens [CI] | agreement | verdict |`` for an export run.
+    """``| target | size | BACC [CI] | MEL sens [CI] | agreement | MEL lost | fidelity | verdict |``
+    for an export run.
 
     Each row: ``target``, ``size_bytes``, ``verdict`` and, when gated, ``gate`` (a
     ``GateResult.summary()``); the reference row has ``reference`` metrics instead.
     """
-    lines = ["| target | size | BACC [95% CI] | MEL sens [95% CI] | agreement | verdict |", "|---|---:|:---:|:---:|:---:|---|"]
+    lines = ["| target | size | BACC [95% CI] | MEL sens [95% CI] | agreement | melanomas lost | fidelity pool: agreement, MEL calls kept [95% CI] | verdict |",
+             "|---|---:|:---:|:---:|:---:|:---:|:---:|---|"]
     for row in rows:
         g = row.get("gate") or {}
         m = {k: g.get(k) for k in ("bacc", "mel_sensitivity")} if g else (row.get("metrics") or {})
         agree = g.get("agreement") if g else row.get("agreement")
+        lost = g.get("lost") or {}
+        mel = _melanoma(list(lost)) if lost else None
+        fid = g.get("fidelity") or {}
+        if fid and fid.get("agreement"):
+            a, k = fid["agreement"], fid.get("mel_kept") or {}
+            fid_text = f"{_num(a.get('value'), 4)}, " + (
+                f"{k.get('k')}/{k.get('n')} [{_num(k.get('lo'), 3)}–{_num(k.get('hi'), 3)}]" if k.get("n") else "no MEL calls")
+        else:
+            fid_text = "—"
         lines.append(f"| {row['target']} | {_size(row.get('size_bytes'))} | {_ci(m, 'bacc')} | {_ci(m, 'mel_sensitivity')} | "
-                     f"{_num(agree) if agree is not None else '—'} | {row.get('verdict', '')} |")
+                     f"{_num(agree) if agree is not None else '—'} | {lost.get(mel, '—') if mel else '—'} | {fid_text} | {row.get('verdict', '')} |")
     return "\n".join(lines)
 
 
@@ -511,17 +781,17 @@ def run_gate(
     split_file: str | Path | None = None,
     split: str | None = "val",
     tolerances: Tolerances | None = None,
-    refit: bool | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     tta: bool | Sequence[str] | None = None,
     threads: int | None = None,
     out_dir: str | Path | None = None,
+    fidelity_data: str | Path | Sequence[str | Path] | None = None,
 ) -> GateResult:
     """``edgederm gate``: ARTIFACT against a baseline artifact (both run) or a baseline card's
-    recorded metrics, on one evaluation set (a split of the data, or all of it with
-    ``split='all'``). ``refit`` defaults to True on the validation split only (thresholds may
-    only be fitted on validation); elsewhere each card's own decision rule is applied."""
+    recorded metrics, on one evaluation set (a split of the baseline's data, or all of it with
+    ``split='all'``), each under its own card's decision rule; ``fidelity_data`` adds the
+    label-free rules on a folder of unlabelled images (paired baselines only)."""
     from ..card import load_card
     from .context import load_split_index
 
@@ -529,18 +799,22 @@ def run_gate(
     for p, what in ((art_path, "artifact"), (base_path, "baseline")):
         if not p.exists():
             raise EdgedermError(f"{what} not found: {p}")
-    art_pred = _load_with_backend(art_path, threads)
+    tol = tolerances or Tolerances()
     recorded = base_path.name.endswith(".json")
     base_card = load_card(base_path) if recorded else None
     base_pred = None if recorded else _load_with_backend(base_path, threads)
-    card = art_pred.card
-    source_card = card if card.data.get("root") or data else (base_card or base_pred.card)  # type: ignore[union-attr]
+    art_pred = _load_with_backend(art_path, threads)
+    ref_card = base_card if base_card is not None else base_pred.card  # type: ignore[union-attr]
+    check_classes_match(ref_card.classes, art_pred.card.classes)
+    if recorded and fidelity_data is not None:
+        raise EdgedermError("--fidelity-data needs a baseline model to run (an artifact or checkpoint), not a card")
+    # The baseline defines the evaluation set: its data, its split, its class order.
+    source_card = ref_card if (ref_card.data.get("root") or data) else art_pred.card
     split_name = None if split in (None, "all") else split
     index = load_split_index(source_card, split_name, data=data, fmt=fmt, split_file=split_file,
                              run_dir=_run_dir_of(source_card))
     label = split_name or "all"
-    if refit is None:
-        refit = split_name == "val"
+    certify_check(index.classes, np.array(index.targets(), dtype=int), tol, where=f"the {label} split")
     art = predict(art_pred, index, tta=tta, name=art_path.name)
     if recorded:
         assert base_card is not None
@@ -548,9 +822,29 @@ def run_gate(
     else:
         assert base_pred is not None
         reference = predict(base_pred, index, tta=tta, name=base_path.name)
-    result = compare(art, reference, tolerances=tolerances, refit=refit, n_boot=n_boot, seed=seed, split=label)
+    fidelity = None
+    if fidelity_data is not None:
+        assert base_pred is not None
+        files, excluded = pool_images(fidelity_data, exclude_ids=_train_ids(source_card, data, fmt, split_file))
+        if excluded:
+            log.info("fidelity pool: %d images of the training split left out", excluded)
+        fidelity = (predict_pool(art_pred, files, tta=tta, name=art_path.name),
+                    predict_pool(base_pred, files, tta=tta, name=base_path.name))
+    result = compare(art, reference, tolerances=tol, n_boot=n_boot, seed=seed, split=label, fidelity=fidelity)
     result.write(out_dir if out_dir is not None else art_path.parent, title=art_path.name)
     return result
+
+
+def _train_ids(card: Any, data: Any, fmt: Any, split_file: Any) -> set[str]:
+    """Image ids of the card's training split (kept out of a fidelity pool), if it has one."""
+    from .context import load_split_index
+
+    try:
+        return {r.image_id for r in load_split_index(card, "train", data=data, fmt=fmt, split_file=split_file,
+                                                      run_dir=_run_dir_of(card)).records}
+    except EdgedermError as e:
+        log.info("fidelity pool: no training split to exclude (%s)", e)
+        return set()
 
 
 def _run_dir_of(card: Any) -> Path | None:

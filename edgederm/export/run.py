@@ -2,8 +2,8 @@
 
 For each target: build into a hidden temporary folder next to the destination, embed the card
 (through the runtime backend of the format) and write the ``.card.json`` sidecar, run the
-accuracy gate against the FP32 checkpoint on the validation split, record the verdict, the
-re-fitted thresholds, the SHA-256 and the size in the card — and only then move the folder to
+accuracy gate against the FP32 checkpoint on the validation split — the artifact under the
+decision rule its card ships, the reference's — record the verdict, the SHA-256 and the size in the card — and only then move the folder to
 ``RUN/export/<target>/`` with one rename. A failing or interrupted export never replaces a
 passing artifact: a rejected one goes to ``RUN/export/.rejected/<target>/`` with its gate report,
 an interrupted one is deleted (or, after a hard kill, cleaned up by the next export).
@@ -28,11 +28,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from ..card import ArtifactCard
 from ..errors import EdgedermError
 from ..fsutil import sha256_file, write_json_atomic, write_text_atomic
 from .context import ExportContext
-from .gate import GateResult, Predictions, Tolerances, compare, ensure_backend, predict, reference_metrics, summary_table
+from .gate import (
+    GateResult,
+    PoolPredictions,
+    Predictions,
+    Tolerances,
+    certify_check,
+    compare,
+    ensure_backend,
+    pool_images,
+    predict,
+    predict_pool,
+    reference_metrics,
+    summary_table,
+)
 from .registry import PRECHECKS, Target, get_target, resolve_targets
 
 log = logging.getLogger(__name__)
@@ -105,8 +120,13 @@ def export_run(
     seed: int = 0,
     tta: bool | Sequence[str] | None = None,
     threads: int | None = None,
+    fidelity_data: str | Path | Sequence[str | Path] | None = None,
 ) -> list[dict[str, Any]]:
     """Export a run (or a single-model checkpoint) to ``targets``; one result dict per target.
+
+    Every artifact ships the reference's decision rule (its card's thresholds) and is gated
+    under it; ``fidelity_data`` (a folder of images not used for training) adds the gate's
+    label-free rules on that pool.
 
     ``status`` is ``pass`` (gated, kept), ``built`` (``gate=False``, kept), ``fail`` (gate
     failed; the artifact went to ``.rejected/``), ``skipped`` (this machine cannot build it;
@@ -145,12 +165,28 @@ def export_run(
         _recover(out)
         ref: Predictions | None = None
         val_index = None
+        pool: tuple[list[Path], PoolPredictions] | None = None
+        tol = tolerances or Tolerances()
         if gate:
             val_index = ctx.split("val")
+            # Too little validation data is refused before minutes of conversion.
+            certify_check(val_index.classes, np.array(val_index.targets(), dtype=int), tol, where="the validation split")
             log.info("gate: scoring the FP32 reference %s on %d validation images", ctx.checkpoint.name, len(val_index))
-            ref = predict(_load(ctx.checkpoint, "torch", threads), val_index, tta=tta, name=f"{ctx.checkpoint.name} (FP32)")
-        gated = dict(ref=ref, val_index=val_index, tolerances=tolerances or Tolerances(), n_boot=n_boot, seed=seed,
-                     tta=tta, threads=threads, thresholds=ctx.threshold_config())
+            ref_model = _load(ctx.checkpoint, "torch", threads)
+            ref = predict(ref_model, val_index, tta=tta, name=f"{ctx.checkpoint.name} (FP32)")
+            if fidelity_data:
+                train_ids = {r.image_id for r in ctx.split("train").records}
+                files, excluded = pool_images(fidelity_data, exclude_ids=train_ids)
+                if len(files) < tol.min_fidelity_images:
+                    from .gate import InsufficientData
+
+                    raise InsufficientData(f"the fidelity pool {fidelity_data} has {len(files)} images outside the training "
+                                           f"split; at least {tol.min_fidelity_images} are needed (--min-fidelity-images)")
+                log.info("gate: fidelity pool of %d images (%d of the training split left out)", len(files), excluded)
+                pool = (files, predict_pool(ref_model, files, tta=tta, name=f"{ctx.checkpoint.name} (FP32)"))
+        elif fidelity_data:
+            raise EdgedermError("--fidelity-data is a gate input; it cannot be used with --no-gate")
+        gated = dict(ref=ref, val_index=val_index, tolerances=tol, n_boot=n_boot, seed=seed, tta=tta, threads=threads, pool=pool)
 
         # Under `all`, a TensorRT target this machine cannot build gets its CPU precheck instead.
         if is_all and gate and not precheck:
@@ -187,7 +223,7 @@ def export_run(
             r["export_dir"] = str(out)
         order = {t.name: i for i, t in enumerate(selected)}
         results.sort(key=lambda r: order.get(r["target"], len(order)))
-        ref_metrics = reference_metrics(ref, thresholds=gated["thresholds"], n_boot=n_boot, seed=seed) if ref is not None else None
+        ref_metrics = reference_metrics(ref, n_boot=n_boot, seed=seed) if ref is not None else None
         _write_summary(ctx, out, results, ref_metrics)
     finally:
         ctx.close()
@@ -258,7 +294,7 @@ def _export_target(
 def _attempt(
     ctx: ExportContext, dest: Target, t: Target, recipe: str, opts: dict[str, Any], out: Path, *, gate: bool,
     ref: Predictions | None, val_index: Any, tolerances: Tolerances, n_boot: int, seed: int, tta: Any,
-    threads: int | None, thresholds: dict[str, Any] | None,
+    threads: int | None, pool: tuple[list[Path], PoolPredictions] | None,
 ) -> _Attempt:
     tmp = out / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
@@ -276,13 +312,12 @@ def _attempt(
                       "size_bytes": _size(path)}
         if gate:
             assert ref is not None and val_index is not None
-            pred = predict(_load(path, t.format, threads), val_index, tta=tta, name=f"{dest.name} [{recipe}]")
-            res = compare(pred, ref, tolerances=tolerances, refit=True, thresholds=thresholds, n_boot=n_boot, seed=seed, split="val")
+            # Judged under the decision rule its card ships with (the reference's thresholds).
+            res = _gate_artifact(path, t.format, f"{dest.name} [{recipe}]", ref=ref, val_index=val_index,
+                                 tolerances=tolerances, n_boot=n_boot, seed=seed, tta=tta, threads=threads, pool=pool)
             if precision == "fp16":
                 _fp16_rule(ctx, val_index, res)
             att.gate = res
-            if res.artifact_decision is not None and res.decision_mode == "refit":
-                card.decision = res.artifact_decision  # the artifact ships with its own val-fitted thresholds
             card.metrics["gate"] = res.summary()
             if res.artifact_metrics is not None:
                 card.metrics["val"] = {"n": res.n, **res.artifact_metrics}
@@ -294,6 +329,17 @@ def _attempt(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _gate_artifact(path: Path, fmt: str, name: str, *, ref: Predictions, val_index: Any, tolerances: Tolerances,
+                   n_boot: int, seed: int, tta: Any, threads: int | None,
+                   pool: tuple[list[Path], PoolPredictions] | None) -> GateResult:
+    model = _load(path, fmt, threads)
+    pred = predict(model, val_index, tta=tta, name=name)
+    fidelity = None
+    if pool is not None:
+        fidelity = (predict_pool(model, pool[0], tta=tta, name=name), pool[1])
+    return compare(pred, ref, tolerances=tolerances, n_boot=n_boot, seed=seed, split="val", fidelity=fidelity)
 
 
 def _fp16_rule(ctx: ExportContext, val_index: Any, res: GateResult) -> None:
@@ -327,7 +373,7 @@ def _fp16_rule(ctx: ExportContext, val_index: Any, res: GateResult) -> None:
 
 def _precheck(
     ctx: ExportContext, t: Target, out: Path, *, ref: Predictions | None, val_index: Any, tolerances: Tolerances,
-    n_boot: int, seed: int, tta: Any, threads: int | None, thresholds: dict[str, Any] | None,
+    n_boot: int, seed: int, tta: Any, threads: int | None, pool: tuple[list[Path], PoolPredictions] | None,
 ) -> dict[str, Any]:
     """Build the CPU stand-in of ``t`` (an ONNX Runtime graph), gate it, keep only the reports."""
     assert ref is not None and val_index is not None
@@ -338,8 +384,8 @@ def _precheck(
         info = PRECHECKS[t.name](ctx, path)
         card = ctx.export_card(target=f"{t.name}-precheck", fmt="onnx", precision=t.precision, info=info, recipe="precheck")
         _write_card(path, card, "onnx")
-        pred = predict(_load(path, "onnx", threads), val_index, tta=tta, name=f"{t.name} precheck (ONNX Runtime {t.precision})")
-        res = compare(pred, ref, tolerances=tolerances, refit=True, thresholds=thresholds, n_boot=n_boot, seed=seed, split="val")
+        res = _gate_artifact(path, "onnx", f"{t.name} precheck (ONNX Runtime {t.precision})", ref=ref, val_index=val_index,
+                             tolerances=tolerances, n_boot=n_boot, seed=seed, tta=tta, threads=threads, pool=pool)
         reports = out / f"{t.name}-precheck"
         reports.mkdir(parents=True, exist_ok=True)
         res.write(reports, title=f"{t.name} precheck: FP16 graph in ONNX Runtime on CPU")
@@ -471,6 +517,12 @@ def _merge_previous(out: Path, results: list[dict[str, Any]], sha: str) -> list[
     return sorted(merged, key=lambda r: order.get(r["target"], len(order)))
 
 
+def _rule(thresholds: Mapping[str, Any] | None) -> str:
+    if not thresholds:
+        return "argmax"
+    return "thresholds " + ", ".join(f"{k} ≥ {float(v):.4f}" for k, v in thresholds.items())
+
+
 def _write_summary(ctx: ExportContext, out: Path, results: list[dict[str, Any]], ref_metrics: dict[str, Any] | None) -> None:
     rows: list[dict[str, Any]] = []
     results = _merge_previous(out, results, ctx.checkpoint_sha256)
@@ -491,9 +543,13 @@ def _write_summary(ctx: ExportContext, out: Path, results: list[dict[str, Any]],
     text = ["# Export gate", ""]
     if first is not None:
         g = first["gate"]
-        text.append(f"Validation split, n = {g['n']} images; decision: {g['decision_mode']}; tolerances: "
-                    f"BACC −{g['tolerances']['bacc_pp']} pp, MEL sensitivity −{g['tolerances']['mel_sens_pp']} pp, "
-                    f"class recall −{g['tolerances']['class_pp']} pp. Per-target details: `<target>/gate.md`.")
+        t = g["tolerances"]
+        text.append(f"Validation split, n = {g['n']} images; each artifact judged under the decision rule its card ships "
+                    f"({_rule(g.get('thresholds'))}). Rules: no class loses more of the reference's correct calls than "
+                    f"max({t['class_flips']}, {t['class_pp']:g}% of the class) — melanoma max({t['mel_flips']}, "
+                    f"{t['mel_sens_pp']:g}%) —; no BACC drop over {t['bacc_pp']:g} pp whose paired CI excludes 0"
+                    + (f"; fidelity pool: agreement ≥ {t['fidelity_agreement']:g}, melanoma calls kept ≥ {t['fidelity_mel_kept']:g}"
+                       if g.get("fidelity") else "") + ". Per-target details: `<target>/gate.md`; the rule: docs/gate.md.")
         text.append("")
     text.append(summary_table(rows))
     write_text_atomic(out / "gate.md", "\n".join(text) + "\n")
