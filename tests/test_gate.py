@@ -137,13 +137,15 @@ def gate_of(path: Path, ctx: Any, ref: Predictions, **kw: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def exported(run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The run exported as a user would: ONNX FP32/FP16 (+ TFLite FP32/FP16 where LiteRT is
-    installed), each gated; and the TensorRT FP16 CPU precheck."""
+    """The run exported as a user would: ONNX FP32/FP16 (+ TFLite FP32/FP16 and OpenVINO FP16
+    where installed), each gated; and the TensorRT FP16 CPU precheck."""
     import importlib.util
 
     targets = ["onnx", "onnx-fp16"]
     if importlib.util.find_spec("ai_edge_litert") and importlib.util.find_spec("litert_torch"):
         targets += ["tflite", "tflite-fp16"]
+    if importlib.util.find_spec("openvino"):
+        targets += ["openvino"]  # FP16 weights
     out = tmp_path_factory.mktemp("exported")
     results = {r["target"]: r for r in export_run(run, targets, out_dir=out, n_boot=N_BOOT)}
     [pre] = export_run(run, ["tensorrt-fp16"], out_dir=out / "pre", precheck=True, n_boot=N_BOOT)
