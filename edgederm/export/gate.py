@@ -720,7 +720,7 @@ def _ci(m: Mapping[str, Any] | None, key: str) -> str:
         return "n/a"
     if e.get("lo") is None or e.get("hi") is None:
         return _num(e["value"])
-    return f"{_num(e['value'])} [{_num(e['lo'])}, {_num(e['hi'])}]"
+    return f"{_num(e['value'])} [{_num(e['lo'])}–{_num(e['hi'])}]"
 
 
 def _size(n: int | None) -> str:
