@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,3 +69,16 @@ def natural_images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> l
         arr = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, (size[1], size[0], 3))
         out.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
     return out
+
+
+def run_cli(capsys: Any, *args: object) -> tuple[int, str, str]:
+    """``edgederm ARGS`` through the console entry point: (exit code, stdout, stderr)."""
+    from edgederm.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

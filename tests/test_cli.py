@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edgederm.cli import main
 
 from helpers import HAM7, rgb_images, tiny_checkpoint
+from helpers import run_cli as run
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _one_line_error(err: str) -> str:

@@ -29,13 +29,12 @@ from edgederm.card import (
     sidecar_path,
 )
 from edgederm.checkpoint import load_checkpoint
-from edgederm.cli import main
 from edgederm.errors import CardError, EdgedermError, IntegrityError
 from edgederm.fsutil import sha256_file, write_json_atomic
 from edgederm.runtime import load
 from edgederm.runtime.registry import BACKENDS
 
-from helpers import HAM7, rgb_images, tiny_card, tiny_checkpoint
+from helpers import HAM7, rgb_images, run_cli, tiny_card, tiny_checkpoint
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'edgederm[onnx]'")
 
@@ -63,15 +62,6 @@ def one_line(e: pytest.ExceptionInfo[EdgedermError]) -> str:
     assert "\n" not in msg and e.value.exit_code == 2, msg
     return msg
 
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -404,14 +404,6 @@ class ExportContext:
                                              "from": self.checkpoint_sha256, "at": card.provenance["created"]}]
         return card
 
-    def threshold_config(self) -> dict[str, Any] | None:
-        """The recipe's ``thresholds`` section (targets and fallback chain), if the run has one."""
-        for folder in (self.checkpoint.parent, self.run_dir):
-            th = _recipe(folder).get("thresholds")
-            if isinstance(th, dict):
-                return th
-        return None
-
 
 def _call(model: Any, x: np.ndarray) -> np.ndarray:
     """Run a converter's model object (OpenVINO CompiledModel, callable session, torch module)."""

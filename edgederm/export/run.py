@@ -36,6 +36,7 @@ from ..fsutil import sha256_file, write_json_atomic, write_text_atomic
 from .context import ExportContext
 from .gate import (
     GateResult,
+    InsufficientData,
     PoolPredictions,
     Predictions,
     Tolerances,
@@ -178,8 +179,6 @@ def export_run(
                 train_ids = {r.image_id for r in ctx.split("train").records}
                 files, excluded = pool_images(fidelity_data, exclude_ids=train_ids)
                 if len(files) < tol.min_fidelity_images:
-                    from .gate import InsufficientData
-
                     raise InsufficientData(f"the fidelity pool {fidelity_data} has {len(files)} images outside the training "
                                            f"split; at least {tol.min_fidelity_images} are needed (--min-fidelity-images)")
                 log.info("gate: fidelity pool of %d images (%d of the training split left out)", len(files), excluded)
