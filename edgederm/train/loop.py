@@ -276,6 +276,7 @@ def train_member(
             total += loss.item() * len(y)
             n += len(y)
             bar.set_postfix(loss=f"{total / n:.3f}")
+        train_seconds = time.perf_counter() - t0  # the optimisation steps alone, loading included
         y_val, p_val = _predict(model, val_loader, device, channels_last)
         bacc = float(classification_report(y_val, p_val, classes)["bacc"])
         if not per_step:
@@ -283,10 +284,12 @@ def train_member(
         seconds = time.perf_counter() - t0
         state["history"].append(
             {"epoch": epoch + 1, "loss": total / max(n, 1), "val_bacc": bacc, "seconds": seconds,
-             "lr": opt.param_groups[0]["lr"], "steps": len(train_loader), "world_size": world_size}
+             "lr": opt.param_groups[0]["lr"], "steps": len(train_loader), "world_size": world_size,
+             "train_images_per_s": n * world_size / max(train_seconds, 1e-9)}
         )
         if rank == 0:
-            log.info("%s epoch %d: loss %.4f, val BACC %.4f (%.1fs)", mcfg.model, epoch + 1, total / max(n, 1), bacc, seconds)
+            log.info("%s epoch %d: loss %.4f, val BACC %.4f (%.1fs; training %.0f images/s)", mcfg.model, epoch + 1,
+                     total / max(n, 1), bacc, seconds, state["history"][-1]["train_images_per_s"])
         state["epoch"] = epoch + 1
         improved = bacc > state["best_bacc"]
         if improved:
