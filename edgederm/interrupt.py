@@ -78,3 +78,9 @@ def handling() -> Iterator[None]:
 def received() -> Interrupted | None:
     """The interruption that is under way, if any (typer turns KeyboardInterrupt into exit 130)."""
     return _received
+
+
+def expected() -> None:
+    """The interruption was the command's normal way to stop (``serve-demo``): exit 0, no line."""
+    global _received
+    _received = None

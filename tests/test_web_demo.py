@@ -388,7 +388,7 @@ def test_serve_demo_closes_half_open_connections_and_caps_them(served: tuple[Pat
 
 def test_serve_demo_client_disconnects_are_quiet(served: tuple[Path, Path], tmp_path: Path) -> None:
     """The real CLI in a subprocess; clients that reset the connection mid-download leave a debug
-    line (-v), never a traceback."""
+    line (-v), never a traceback; Ctrl-C stops it with exit 0."""
     import signal
     import socket
     import struct
@@ -397,7 +397,8 @@ def test_serve_demo_client_disconnects_are_quiet(served: tuple[Path, Path], tmp_
     art, dist = served
     proc = subprocess.Popen([sys.executable, "-m", "edgederm", "-v", "serve-demo", str(art), "--port", "0", "--ort-dir", str(dist),
                              "--timeout", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C must arrive
     try:
         lines: list[str] = []
         while not any("web demo for" in ln for ln in lines):
@@ -414,8 +415,9 @@ def test_serve_demo_client_disconnects_are_quiet(served: tuple[Path, Path], tmp_
         status, body = _get(port, "/demo.json", "localhost")  # still serving
         assert status == 200 and json.loads(body)["artifact"] == art.name
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
     log = "".join(lines) + err
+    assert proc.returncode == 0 and err.rstrip().endswith("stopped") and "interrupted" not in err, err[-2000:]  # Ctrl-C is its stop
     assert "client disconnected" in log, log[-3000:]  # the path was taken ...
     assert "Traceback" not in log and "BrokenPipe" not in log.replace("(BrokenPipeError)", ""), log[-3000:]  # ... quietly

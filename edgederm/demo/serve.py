@@ -298,6 +298,9 @@ def serve(
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        from .. import interrupt
+
+        interrupt.expected()  # Ctrl-C is how a server stops: exit 0
         log.info("stopped")
     finally:
         server.server_close()
