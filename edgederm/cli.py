@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -479,20 +480,32 @@ def _usage_error(e: Exception, usage: tuple[type, ...]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: one-line errors, no tracebacks for user errors."""
+    """Console entry point: one-line errors, no tracebacks for user errors; SIGINT/SIGTERM stop
+    any stage cleanly with one line and exit 130/143 (``edgederm.interrupt``)."""
+    from . import interrupt
+
+    with interrupt.handling():
+        _main(argv, interrupt)
+
+
+def _main(argv: Optional[list[str]], interrupt: Any) -> None:
     click_exc, usage, abort = _click_exceptions()
     try:
         # Non-standalone click returns the code of a typer.Exit instead of raising it.
         # prog_name: usage lines and hints say `edgederm` also under `python -m edgederm`.
         rc = app(args=argv, prog_name="edgederm", standalone_mode=False)
+        stopped = interrupt.received()
+        if stopped is not None or rc == 130:  # typer turns a KeyboardInterrupt into exit code 130
+            raise stopped or interrupt.Interrupted(signal.SIGINT)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except EdgedermError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing half-written was kept (a training run continues with --resume)", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        stopped = interrupt.received() or (e if isinstance(e, interrupt.Interrupted) else interrupt.Interrupted(signal.SIGINT))
+        typer.echo(stopped.message, err=True)
+        sys.exit(stopped.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors arrive here in non-standalone mode

@@ -160,6 +160,13 @@ class State:
         return {p.resolve().relative_to(self.run_dir.resolve()).as_posix(): sha256_file(p) for p in paths}
 
 
+def _failure(e: BaseException) -> dict[str, Any]:
+    """pipeline.json's record of a stage that did not finish: interrupted (Ctrl-C, SIGTERM) or failed."""
+    if isinstance(e, KeyboardInterrupt):
+        return {"status": "interrupted", "error": f"interrupted by {e.args[0] if e.args else 'SIGINT'}"}
+    return {"status": "failed", "error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+
+
 @dataclass
 class StageResult:
     name: str
@@ -206,7 +213,7 @@ def run_pipeline(
             try:
                 res = fn(ctx, state)
             except BaseException as e:
-                state.record(stage, status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                state.record(stage, **_failure(e))
                 raise
         ctx.results.append(res)
         log.info("stage %-8s %s (%.0f s)%s", stage, res.status, res.seconds, f": {res.note}" if res.note else "")
@@ -292,7 +299,7 @@ def _train(ctx: _Ctx, *, force: bool) -> StageResult:
         train(cfg, resume=resume)
     except BaseException as e:
         if ctx.run_dir.exists():
-            State(ctx.run_dir).record("train", status="failed", key=key, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            State(ctx.run_dir).record("train", key=key, **_failure(e))
         raise
     secs = time.perf_counter() - t0
     st = State(ctx.run_dir)

@@ -152,6 +152,7 @@ def test_ssh_target_end_to_end(sshd: Sshd, models: dict[str, Path], tmp_path: Pa
     # the exact command that ran on the host, and how it was reached
     assert onnx["exec_command"].startswith(f"{sys.executable} {remote_dir}/runner.py --model {remote_dir}/a0/model.onnx")
     assert "--threads 1" in onnx["exec_command"] and "BatchMode=yes" in onnx["transport_command"]
+    assert f" -- {target.dest} " in onnx["transport_command"]  # the destination can never be read as an option
     assert onnx["env"]["cpu"]["logical_cpus"] == os.cpu_count() and onnx["env"]["versions"]["onnxruntime"]
     assert onnx["peak_rss_bytes"] > 0 and onnx["accuracy"]["bacc"] == 0.5 and onnx["flops"]["per_image"] > 1e6
     # PyTorch checkpoints are not run remotely: skipped with the reason
@@ -201,3 +202,23 @@ def test_unreachable_host_is_a_device_error(models: dict[str, Path], tmp_path: P
         run_bench([models["a"]], url, tmp_path / "out", Settings(runs=1), progress=False,
                   target_options={"ssh_options": ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"]})
     assert "\n" not in str(err.value)
+
+
+def test_option_like_host_never_reaches_ssh_as_an_option(sshd: Sshd, models: dict[str, Path], tmp_path: Path) -> None:
+    """``ssh://-oProxyCommand=CMD`` would make ssh run CMD: refused when the target is parsed, and
+    even a destination set by hand past that check reaches the real ssh only after ``--``."""
+    marker = tmp_path / "proxy-command-ran"
+    script = tmp_path / "proxy.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    for spec in (f"ssh://-oProxyCommand={script}", f"ssh://-oProxyCommand={script}@127.0.0.1:{sshd.port}"):
+        with pytest.raises(EdgedermError, match="must not begin with '-'") as err:
+            run_bench([models["a"]], spec, tmp_path / "out", Settings(runs=1), progress=False, target_options=sshd.options())
+        assert "\n" not in str(err.value)
+    target = make_target(sshd.url, **sshd.options())
+    target._check_alive()  # the real server answers through the same argv
+    target.dest = f"-oProxyCommand={script}"
+    with pytest.raises(EdgedermError, match="ssh failed"):
+        target._check_alive()  # ssh takes it as a host name it cannot resolve
+    assert not marker.exists()
+    assert not (tmp_path / "out" / "results.jsonl").exists()

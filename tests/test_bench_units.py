@@ -213,6 +213,23 @@ def test_make_target_parses_and_validates() -> None:
     make_target("local", remote_python=None, ssh_options=[])  # unset options are fine
 
 
+@pytest.mark.parametrize("spec", ["ssh://-oProxyCommand=/tmp/x", "ssh://-oProxyCommand=/tmp/x@host", "ssh://u@-oProxyCommand=x:22",
+                                  "ssh://a b@host", "ssh://user@ho\tst", "ssh://user@ho\nst", "ssh://us\x00er@host",
+                                  "ssh://user@host\x7f", "ssh://@host"])
+def test_ssh_target_refuses_option_like_or_odd_hosts(spec: str) -> None:
+    with pytest.raises(EdgedermError, match="bad ssh target") as err:
+        make_target(spec)
+    assert "\n" not in str(err.value)  # one line: the spec is shown as a repr
+
+
+def test_ssh_argv_ends_options_before_the_destination() -> None:
+    t = make_target("ssh://jetson@10.0.0.5:2222")
+    argv = t.ssh_argv("true")
+    assert argv[-3:] == ["--", "jetson@10.0.0.5", "true"] and argv[argv.index("-p") + 1] == "2222"
+    v6 = make_target("ssh://pi@[fe80::1]:22")
+    assert v6.dest == "pi@fe80::1" and v6.scp_dest == "pi@[fe80::1]"
+
+
 def test_expand_artifacts_skips_rejected_and_temporary(tmp_path: Path) -> None:
     exp = tmp_path / "export"
     for rel in ("onnx/model.onnx", "openvino/model.xml", "openvino/model.bin", "tflite/model.tflite",

@@ -332,3 +332,48 @@ def test_real_ham10000_no_lesion_crosses_splits(data_root, tmp_path):
     assert read_split_csv(path, index) == a
     folds = make_kfold(index, k=5, seed=42)
     assert groups_crossing(index, folds) == []
+
+
+def _small_real_folder(data_root: Path, root: Path, per_class: int) -> Path:
+    """An imagefolder of real HAM10000 JPEGs, ``per_class`` images (each its own lesion) per class."""
+    import shutil
+
+    ham = real_data_set(data_root, "ham10000")
+    rows = list(csv.DictReader((ham / "HAM10000_metadata.csv").open()))
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if len(seen[r["dx"]]) < per_class and r["lesion_id"] not in seen[r["dx"]]:
+            seen[r["dx"]].add(r["lesion_id"])
+            (root / r["dx"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(ham / "HAM10000_images_part_1" / f"{r['image_id']}.jpg", root / r["dx"])
+    return root
+
+
+def test_tiny_real_folder_splits_with_fewer_folds_or_says_why(data_root: Path, tmp_path: Path, capsys, caplog) -> None:
+    """6 images per class used to end in scikit-learn's "n_splits=7 cannot be greater than the
+    number of members in each class" traceback; now it is split with 6 folds (and says so),
+    and 3 per class is one line naming the counts and the minimum."""
+    from helpers import run_cli
+
+    six = _small_real_folder(data_root, tmp_path / "six", 6)
+    with caplog.at_level("WARNING", logger="edgederm.data.splits"):
+        code, out, err = run_cli(capsys, "data", "split", six, "--out", tmp_path / "six.csv")
+    assert code == 0, err
+    assert "15% test split: the largest class has only 6 images, too few for 7 stratified folds; carved 1 of 6" in caplog.text
+    from edgederm.data.readers import read_dataset
+
+    assignment = read_split_csv(tmp_path / "six.csv", read_dataset(six, "imagefolder"))
+    per_split = Counter(assignment.values())
+    assert per_split == {"train": 28, "val": 7, "test": 7}  # every class: 4 / 1 / 1
+    labels = {p.stem: p.parent.name for p in six.rglob("*.jpg")}
+    for s in ("train", "val", "test"):
+        assert {labels[i] for i, sp in assignment.items() if sp == s} == set(labels.values()), s
+
+    three = _small_real_folder(data_root, tmp_path / "three", 3)
+    code, out, err = run_cli(capsys, "data", "split", three, "--out", tmp_path / "three.csv")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "15% test split (akiec 3 images/3 groups, bcc 3/3," in lines[0] and "needs at least 6 images (it has 3)" in lines[0]
+    assert not (tmp_path / "three.csv").exists()
+    code, out, err = run_cli(capsys, "data", "split", three, "--out", tmp_path / "three.csv", "--kfold", "5", "--test", "0")
+    assert code == 2 and "for 5 stratified folds" in err and "lower k" in err and "Traceback" not in err

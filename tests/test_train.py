@@ -85,6 +85,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(synth: Path, tmp_path: Path
     with pytest.raises(Stop):
         train(_cfg(synth, tmp_path / "b", "r", epochs=3, members=1), on_epoch_end=interrupt)
     assert not (tmp_path / "b" / "r" / "model.pt").exists()
+    [last] = (tmp_path / "b" / "r" / "members").rglob("last.pt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["state"]["epoch"] == 2  # plain values only
     seen: list[int] = []
     resumed = train(_cfg(synth, tmp_path / "b", "r", epochs=3, members=1), resume=True,
                     on_epoch_end=lambda name, state: seen.append(state["epoch"]))
@@ -94,6 +96,61 @@ def test_resume_ends_where_an_uninterrupted_run_ends(synth: Path, tmp_path: Path
     for a, b in zip(ma, mb):
         for k in a.state_dict:
             assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+
+
+class _Opens:
+    """Unpickling this calls open(path, "w"): the file appears if the pickle is ever executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_resume_state_loads_weights_only(synth: Path, tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from edgederm.train.loop import load_resume_state
+
+    class Stop(Exception):
+        pass
+
+    def stop(name: str, state: dict) -> None:
+        raise Stop
+
+    cfg = _cfg(synth, tmp_path, "r", epochs=2, members=1)
+    with pytest.raises(Stop):
+        train(cfg, on_epoch_end=stop)
+    [last] = (tmp_path / "r" / "members").rglob("last.pt")
+    saved = load_resume_state(last)
+
+    # A state written before the RNG state was stored as plain values: NumPy's key array is an
+    # ndarray. It loads (only the NumPy array types are allowed) and gives the same RNG state.
+    kind, keys, pos, has_gauss, cached = saved["np_rng"]
+    old = {**saved, "np_rng": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)}
+    torch.save(old, last)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(last, weights_only=True)
+    again = load_resume_state(last)
+    np.random.set_state(tuple(again["np_rng"]))
+    a = np.random.rand(4)
+    np.random.set_state(tuple(saved["np_rng"]))
+    assert np.array_equal(a, np.random.rand(4)) and again["state"] == saved["state"]
+    random.setstate(again["py_rng"])
+
+    # A pickle that would run code is refused with one line, and is not run.
+    marker = tmp_path / "pickle-was-executed"
+    torch.save({**saved, "state": _Opens(marker)}, last)
+    with pytest.raises(EdgedermError, match="restart without --resume") as err:
+        train(cfg, resume=True)
+    assert "would call io.open" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+    last.write_bytes(b"not a torch file")
+    with pytest.raises(EdgedermError, match="unreadable training state"):
+        load_resume_state(last)
 
 
 def test_recipes_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

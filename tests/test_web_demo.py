@@ -295,3 +295,129 @@ def test_serve_demo_errors_are_one_line(tmp_path: Path) -> None:
     assert NPM_INSTALL in str(result.exception) and "\n" not in str(result.exception)
     with pytest.raises(EdgedermError, match="runs ONNX artifacts"):
         demo_card(ckpt)
+
+
+# -- serve-demo hardening: real sockets on 127.0.0.1, no browser needed ------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real ONNX artifact and a stand-in onnxruntime-web folder (the server only serves its bytes;
+    the wasm file is 16 MiB so a response is still being written when a client drops)."""
+    d = tmp_path_factory.mktemp("serve")
+    art = _export(tiny_checkpoint(d / "m.pt"), d / "m.onnx")
+    dist = d / "dist"
+    dist.mkdir()
+    (dist / "ort.wasm.min.js").write_text("// stand-in\n")
+    (dist / "ort-wasm-simd-threaded.mjs").write_text("// stand-in\n")
+    (dist / "ort-wasm-simd-threaded.wasm").write_bytes(os.urandom(16 << 20))
+    return art, dist
+
+
+def _get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.putrequest("GET", path, skip_host=True)
+        if host is not None:
+            c.putheader("Host", host)
+        c.endheaders()
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def test_serve_demo_answers_only_loopback_and_allowed_host_names(served: tuple[Path, Path]) -> None:
+    art, dist = served
+    server = make_server(art, port=0, ort_dir=dist, allow_hosts=["Demo.Example"])
+    start_in_thread(server)
+    port = server.server_address[1]
+    try:
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST", "demo.example:8000"):
+            status, body = _get(port, "/card.json", host)
+            assert status == 200 and json.loads(body)["classes"], host
+        # DNS rebinding: the attacker's name (resolving to 127.0.0.1) arrives in the Host header.
+        for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "127.0.0.1.nip.io", "", None):
+            status, body = _get(port, "/card.json", host)
+            assert status == 421 and b"classes" not in body, host
+        assert _get(port, "/model.onnx", "rebind.example")[0] == 421
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_demo_closes_half_open_connections_and_caps_them(served: tuple[Path, Path]) -> None:
+    import socket
+
+    art, dist = served
+    server = make_server(art, port=0, ort_dir=dist, timeout=0.5)
+    start_in_thread(server)
+    port = server.server_address[1]
+    try:
+        for sent in (b"", b"GET /card.json HTTP/1.1\r\nHost: localhost\r\n"):  # idle; headers never finished
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(sent)
+                t0 = time.monotonic()
+                assert s.recv(1024) == b""  # the server closed it
+                assert 0.3 < time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    server = make_server(art, port=0, ort_dir=dist, timeout=30, max_connections=2)
+    start_in_thread(server)
+    port = server.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both accepted and holding a thread
+        t0 = time.monotonic()
+        status, body = _get(port, "/card.json", "localhost")
+        assert status == 503 and body == b"busy\n" and time.monotonic() - t0 < 2
+        for s in held:
+            s.close()
+        deadline = time.monotonic() + 5
+        while _get(port, "/card.json", "localhost")[0] != 200:  # their threads end, the slots free up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_demo_client_disconnects_are_quiet(served: tuple[Path, Path], tmp_path: Path) -> None:
+    """The real CLI in a subprocess; clients that reset the connection mid-download leave a debug
+    line (-v), never a traceback; Ctrl-C stops it with exit 0."""
+    import signal
+    import socket
+    import struct
+    import sys
+
+    art, dist = served
+    proc = subprocess.Popen([sys.executable, "-m", "edgederm", "-v", "serve-demo", str(art), "--port", "0", "--ort-dir", str(dist),
+                             "--timeout", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C must arrive
+    try:
+        lines: list[str] = []
+        while not any("web demo for" in ln for ln in lines):
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            assert line, "serve-demo exited: " + "".join(lines)[-2000:]
+            lines.append(line)
+        port = int(lines[-1].rsplit(":", 1)[1].split("/")[0])
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /ort/ort-wasm-simd-threaded.wasm HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+            s.close()
+        status, body = _get(port, "/demo.json", "localhost")  # still serving
+        assert status == 200 and json.loads(body)["artifact"] == art.name
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    log = "".join(lines) + err
+    assert proc.returncode == 0 and err.rstrip().endswith("stopped") and "interrupted" not in err, err[-2000:]  # Ctrl-C is its stop
+    assert "client disconnected" in log, log[-3000:]  # the path was taken ...
+    assert "Traceback" not in log and "BrokenPipe" not in log.replace("(BrokenPipeError)", ""), log[-3000:]  # ... quietly

@@ -344,6 +344,31 @@ def _cuda_available() -> bool:
 
 
 # -- ssh -------------------------------------------------------------------------------------------
+def parse_ssh_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """``ssh://user@host[:port]`` -> (user, host, port), refusing what ssh could read as an option.
+
+    The destination is passed to ssh/scp after ``--``, but a host or user beginning with ``-``
+    (``ssh://-oProxyCommand=...``) or holding whitespace/control characters is refused here as
+    well: it is never a real host name, and other tools the user may paste it into have no ``--``.
+    """
+    # Checked on the raw text: urlsplit silently drops tabs and newlines.
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in spec):
+        raise EdgedermError(f"bad ssh target {spec!r}: whitespace or control characters in it")
+    u = urlsplit(spec)
+    if u.scheme != "ssh" or not u.hostname:
+        raise EdgedermError(f"bad ssh target {spec!r}: use ssh://user@host[:port]")
+    try:
+        port = u.port
+    except ValueError:
+        raise EdgedermError(f"bad port in ssh target {spec!r}") from None
+    if u.username == "":
+        raise EdgedermError(f"bad ssh target {spec!r}: empty user name (leave out the '@' for ssh's default user)")
+    for what, value in (("user", u.username), ("host", u.hostname)):
+        if value is not None and value.startswith("-"):
+            raise EdgedermError(f"bad ssh target {spec!r}: the {what} must not begin with '-' (ssh would read it as an option)")
+    return u.username, u.hostname, port
+
+
 @register_target("ssh")
 class SshTarget(Target):
     """A Linux host over the system ssh/scp (key auth, BatchMode: never prompts)."""
@@ -362,15 +387,11 @@ class SshTarget(Target):
         trtexec: bool | None = None,
         connect_timeout: int = 10,
     ) -> None:
-        u = urlsplit(spec)
-        if u.scheme != "ssh" or not u.hostname:
-            raise EdgedermError(f"bad ssh target {spec!r}: use ssh://user@host[:port]")
-        try:
-            self.port = u.port
-        except ValueError:
-            raise EdgedermError(f"bad port in ssh target {spec!r}") from None
-        self.user, self.host = u.username, u.hostname
+        self.user, self.host, self.port = parse_ssh_spec(spec)
         self.dest = f"{self.user}@{self.host}" if self.user else self.host
+        # scp's user@host:path needs an IPv6 address in brackets (ssh's destination must not have them).
+        scp_host = f"[{self.host}]" if ":" in self.host else self.host
+        self.scp_dest = f"{self.user}@{scp_host}" if self.user else scp_host
         self.name = f"ssh://{self.dest}" + (f":{self.port}" if self.port else "")
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
@@ -397,7 +418,8 @@ class SshTarget(Target):
         return o
 
     def ssh_argv(self, remote_cmd: str) -> list[str]:
-        return ["ssh", *self._opts(), *(["-p", str(self.port)] if self.port else []), self.dest, remote_cmd]
+        # "--": whatever the destination holds, ssh reads it as the destination, never as an option.
+        return ["ssh", *self._opts(), *(["-p", str(self.port)] if self.port else []), "--", self.dest, remote_cmd]
 
     def _ssh(self, remote_cmd: str, timeout: float | None = None, what: str = "command") -> subprocess.CompletedProcess[str]:
         try:
@@ -409,7 +431,7 @@ class SshTarget(Target):
         return proc
 
     def _scp(self, sources: list[str], dest: str, what: str) -> None:
-        argv = ["scp", "-q", *self._opts(), *(["-P", str(self.port)] if self.port else []), *sources, dest]
+        argv = ["scp", "-q", *self._opts(), *(["-P", str(self.port)] if self.port else []), "--", *sources, dest]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             self._check_alive()
@@ -425,7 +447,7 @@ class SshTarget(Target):
         if proc.returncode != 0:
             raise EdgedermError(f"{self.name}: cannot create {self.remote_dir} ({_last_line(proc.stderr)})")
         self._created = True
-        self._scp([str(RUNNER_PATH)], f"{self.dest}:{self.remote_dir}/runner.py", "the runner")
+        self._scp([str(RUNNER_PATH)], f"{self.scp_dest}:{self.remote_dir}/runner.py", "the runner")
         proc = self._ssh(f"{shlex.quote(self.remote_python)} {rd}/runner.py --probe", timeout=120, what="probe")
         if proc.returncode != 0:
             raise EdgedermError(f"{self.name}: the runner cannot start with {self.remote_python!r} there "
@@ -481,7 +503,8 @@ class SshTarget(Target):
         proc = self._ssh(f"mkdir -p {shlex.quote(sub)}", timeout=60, what="mkdir")
         if proc.returncode != 0:
             raise JobError(f"{self.name}: cannot create {sub} ({_last_line(proc.stderr)})")
-        self._scp([str(a.path), *map(str, a.companions)], f"{self.dest}:{sub}/", a.path.name)
+        # Absolute local paths: scp would read a relative "a:b/model.onnx" as host "a".
+        self._scp([os.path.abspath(a.path), *map(os.path.abspath, a.companions)], f"{self.scp_dest}:{sub}/", a.path.name)
         self._uploaded[a.path] = f"{sub}/{a.path.name}"
         return self._uploaded[a.path]
 
@@ -507,7 +530,7 @@ class SshTarget(Target):
         if self._local_tmp is None:
             self._local_tmp = Path(tempfile.mkdtemp(prefix="edgederm-bench-ssh-"))
         local = self._local_tmp / "result.json"
-        self._scp([f"{self.dest}:{out}"], str(local), "the result")
+        self._scp([f"{self.scp_dest}:{out}"], str(local), "the result")
         raw = json.loads(local.read_text(encoding="utf-8"))
         raw["exec_command"] = remote_cmd
         raw["transport_command"] = shlex.join(self.ssh_argv(remote_cmd))

@@ -36,6 +36,7 @@ TEST_FOLD = -1  # make_kfold(test=...) marks the held-out test images with this 
 HEADER_PREFIX = "# edgederm-split "
 FORMAT_VERSION = 1
 _MAX_FOLDS = 10  # carving m of k folds: more folds approximate fractions better but stratify worse
+_FRACTION_SLACK = 0.05  # fewer folds than ideal are fine while m / k stays this close to the fraction asked
 
 SplitAssignment = dict[str, str]
 FoldAssignment = dict[str, int]
@@ -56,14 +57,51 @@ def _fold_plan(frac: float, n_groups: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def _carve(labels: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> np.ndarray:
-    """Boolean mask of about ``frac`` of the samples: whole groups, stratified by label."""
+def _plan_fraction(frac: float, max_folds: int) -> float:
+    k, m = _fold_plan(frac, max_folds)
+    return m / k
+
+
+def _class_counts(labels: np.ndarray, groups: np.ndarray) -> str:
+    """``nv 6 images/6 groups, mel 4/3, ...`` (largest first) for messages."""
+    per = Counter(labels.tolist())
+    grp = {c: len({g for g, lab in zip(groups.tolist(), labels.tolist()) if lab == c}) for c in per}
+    items = sorted(per.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    return ", ".join(f"{c} {n}" + (f" images/{grp[c]} groups" if i == 0 else f"/{grp[c]}") for i, (c, n) in enumerate(items))
+
+
+def _carve(labels: np.ndarray, groups: np.ndarray, frac: float, seed: int, *, what: str = "", share: float = 1.0,
+           among: str = "") -> np.ndarray:
+    """Boolean mask of about ``frac`` of the samples: whole groups, stratified by label.
+
+    StratifiedGroupKFold needs some class with at least k images for k folds. When every class is
+    smaller than the k that fits ``frac`` best, fewer folds are used if their fraction is still
+    within ``_FRACTION_SLACK`` of ``frac`` (a warning says so); otherwise a one-line DataError
+    names the class counts and the minimum needed. ``share`` (these samples' share of the data set)
+    and ``among`` (which images these are) are for the messages.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise DataError(f"cannot split {n_groups} lesion/patient group(s): need at least 2 per split")
     k, m = _fold_plan(frac, n_groups)
+    largest = max(Counter(labels.tolist()).values())
+    if largest < k:
+        what = what or f"{frac:.0%}"
+        cap = min(largest, n_groups)
+        k2, m2 = _fold_plan(frac, cap) if cap >= 2 else (0, 0)
+        if cap >= 2 and abs(m2 / k2 - frac) <= _FRACTION_SLACK:
+            log.warning("%s split: the largest class has only %d images, too few for %d stratified folds; carved %d of %d "
+                        "folds instead (about %.0f%% of all images, still lesion-grouped and stratified)", what, largest, k,
+                        m2, k2, 100 * share * m2 / k2)
+            k, m = k2, m2
+        else:
+            need = next((c for c in range(2, k + 1) if abs(_plan_fraction(frac, c) - frac) <= _FRACTION_SLACK), k)
+            raise DataError(
+                f"too few images per class for a stratified, lesion-grouped {what} split ({among}{_class_counts(labels, groups)}): "
+                f"the largest class needs at least {need} images (it has {largest}); add images or change --val/--test"
+            )
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     mask = np.zeros(len(labels), dtype=bool)
     with warnings.catch_warnings():
@@ -142,10 +180,11 @@ def make_splits(index: DatasetIndex, *, val: float = 0.15, test: float = 0.15, s
     ids, labels, groups = _split_arrays(index)
     split = np.full(len(ids), "train", dtype=object)
     if test > 0:
-        split[_carve(labels, groups, test, seed)] = "test"
+        split[_carve(labels, groups, test, seed, what=f"{test:.0%} test")] = "test"
     if val > 0:
         rest = np.flatnonzero(split == "train")
-        mask = _carve(labels[rest], groups[rest], val / (1 - test), seed + 1)
+        mask = _carve(labels[rest], groups[rest], val / (1 - test), seed + 1, share=1 - test, what=f"{val:.0%} val",
+                      among=f"of the {len(rest)} images left after the test split: " if test > 0 else "")
         split[rest[mask]] = "val"
     names = ["train"] + (["val"] if val > 0 else []) + (["test"] if test > 0 else [])
     if len(names) > 1:
@@ -173,12 +212,15 @@ def make_kfold(index: DatasetIndex, *, k: int = 5, seed: int = 42, test: float =
     fold = np.full(len(ids), TEST_FOLD, dtype=int)
     part = np.full(len(ids), "train", dtype=object)
     if test > 0:
-        part[_carve(labels, groups, test, seed)] = "test"
+        part[_carve(labels, groups, test, seed, what=f"{test:.0%} test")] = "test"
         _ensure_class_presence(labels, groups, part, ["train", "test"])
     rest = np.flatnonzero(part == "train")
     n_groups = len(np.unique(groups[rest]))
     if n_groups < k:
         raise DataError(f"cannot make {k} folds from {n_groups} lesion/patient groups; lower k")
+    if max(Counter(labels[rest].tolist()).values()) < k:  # StratifiedGroupKFold's own condition
+        raise DataError(f"too few images per class for {k} stratified folds ({_class_counts(labels[rest], groups[rest])}): "
+                        f"the largest class needs at least {k} images; lower k")
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + 2)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -21,8 +21,15 @@ def register(app: typer.Typer) -> None:
             help="onnxruntime-web from npm: its dist folder, a node_modules folder or an npm --prefix "
                  "(default: $EDGEDERM_NODE_MODULES, else build/web-demo/node_modules).",
         ),
+        allow_host: Optional[List[str]] = typer.Option(
+            None, "--allow-host",
+            help="Also answer requests for this host name (Host header); repeatable. Loopback names and the --host address always work.",
+        ),
+        timeout: float = typer.Option(20.0, "--timeout", help="Seconds a connection may stay idle or half-sent before it is closed."),
+        max_connections: int = typer.Option(32, "--max-connections", help="Connections served at once; more get 503."),
     ) -> None:
         """Serve the browser demo: the model runs in the page (onnxruntime-web), with the card's preprocessing and decision rule."""
         from .serve import serve
 
-        serve(artifact, host=host, port=port, ort_dir=ort_dir)
+        serve(artifact, host=host, port=port, ort_dir=ort_dir, timeout=timeout, max_connections=max_connections,
+              allow_hosts=allow_host or ())

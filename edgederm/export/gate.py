@@ -815,6 +815,7 @@ def run_gate(
                              run_dir=_run_dir_of(source_card))
     label = split_name or "all"
     certify_check(index.classes, np.array(index.targets(), dtype=int), tol, where=f"the {label} split")
+    log.info("gate: scoring %s on %d %s images", art_path.name, len(index), label)
     art = predict(art_pred, index, tta=tta, name=art_path.name)
     if recorded:
         assert base_card is not None

@@ -334,6 +334,7 @@ def _gate_artifact(path: Path, fmt: str, name: str, *, ref: Predictions, val_ind
                    n_boot: int, seed: int, tta: Any, threads: int | None,
                    pool: tuple[list[Path], PoolPredictions] | None) -> GateResult:
     model = _load(path, fmt, threads)
+    log.info("gate: scoring %s on %d validation images", name, len(val_index))
     pred = predict(model, val_index, tta=tta, name=name)
     fidelity = None
     if pool is not None:

@@ -2,7 +2,9 @@
 
 Everything a member needs to continue after an interruption is in ``last.pt`` (weights,
 optimizer, scheduler, every RNG state, the early-stopping state), written atomically after each
-epoch, so ``--resume`` ends exactly where an uninterrupted run with the same seed ends.
+epoch, so ``--resume`` ends exactly where an uninterrupted run with the same seed ends. It holds
+tensors, containers and plain numbers only and is read with ``torch.load(weights_only=True)``:
+a ``last.pt`` from elsewhere cannot run code when resumed.
 
 Multi-GPU (or multi-process CPU) training goes through torch's own engine: launch with
 ``torchrun --nproc_per_node N -m edgederm train RECIPE``; each process trains on its shard of the
@@ -148,6 +150,52 @@ def _augmentation(cfg: TrainConfig, spec: PreprocessSpec, train: DatasetIndex) -
     return build_class_augment(size, train.classes, tiers, tier_cfg, spec=spec), tiers
 
 
+def _numpy_rng_state() -> list[Any]:
+    """NumPy's global RNG state as plain Python values (its key array as a list of ints), so that
+    last.pt loads with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return [str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_array_globals() -> list[Any]:
+    """What unpickling a NumPy array needs: the resume states written before they were plain
+    values kept NumPy's RNG key array (uint32) in that form."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """``last.pt`` through ``torch.load(weights_only=True)``: tensors, containers and numbers only.
+
+    A state written by an older edgederm (a NumPy array inside) loads with exactly the NumPy array
+    types allowed; a file needing anything else (a pickle that would call code) is refused
+    with one line, and nothing in it is run.
+    """
+    import pickle
+
+    redo = f"restart without --resume (or delete {path})"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise EdgedermError(f"{path}: unreadable training state ({type(e).__name__}); {redo}") from None
+    try:
+        needs = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+    except Exception as e:  # noqa: BLE001 (not even a torch file)
+        raise EdgedermError(f"{path}: unreadable training state ({type(e).__name__}); {redo}") from None
+    allowed = _numpy_array_globals()
+    names = {f"{g.__module__}.{g.__qualname__}" for g in allowed} | {"numpy.core.multiarray._reconstruct", "numpy.dtype"}
+    if needs and set(needs) <= names:
+        with torch.serialization.safe_globals(allowed):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                pass
+    raise EdgedermError(f"{path} is not a training state edgederm wrote: loading it would call {', '.join(needs)} "
+                        f"(refused, nothing was run); {redo}")
+
+
 def train_member(
     cfg: TrainConfig,
     mcfg: MemberConfig,
@@ -236,14 +284,14 @@ def train_member(
     state: dict[str, Any] = {"epoch": 0, "best_bacc": -1.0, "best_epoch": -1, "history": [], "stale": 0}
     last = mdir / "last.pt"
     if resume and last.exists():
-        saved = torch.load(last, map_location="cpu", weights_only=False)  # our own file: holds RNG states
+        saved = load_resume_state(last)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["torch_rng"])
         gen.set_state(saved["gen_rng"])
-        np.random.set_state(saved["np_rng"])
+        np.random.set_state(tuple(saved["np_rng"]))
         random.setstate(saved["py_rng"])
         state = saved["state"]
         log.info("%s: resumed after epoch %d", mcfg.model, state["epoch"])
@@ -309,7 +357,7 @@ def train_member(
                         "scaler": scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
                         "gen_rng": gen.get_state(),
-                        "np_rng": np.random.get_state(),
+                        "np_rng": _numpy_rng_state(),
                         "py_rng": random.getstate(),
                         "state": state,
                     },

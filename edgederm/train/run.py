@@ -254,34 +254,39 @@ def _finish(
     # Score through the runtime, exactly as every exported artifact will be scored. The
     # checkpoint is written under a temporary name: model.pt appears only once the run is done.
     unscored = run_dir / ".model.unscored.pt"
-    save_checkpoint(unscored, members, card)
-    kept, skipped, per_member = predict_index(load(unscored), val_index, per_member=True)
-    assert isinstance(per_member, list)
-    y_val = np.array([index.classes.index(r.label) for r in kept])
-    groups_val = [r.group for r in kept]
-    val_probs, val_note = _validation_probs(cfg, card, infos, kept, per_member, y_val, groups_val, assignment)
+    try:
+        save_checkpoint(unscored, members, card)
+        kept, skipped, per_member = predict_index(load(unscored), val_index, per_member=True)
+        assert isinstance(per_member, list)
+        y_val = np.array([index.classes.index(r.label) for r in kept])
+        groups_val = [r.group for r in kept]
+        val_probs, val_note = _validation_probs(cfg, card, infos, kept, per_member, y_val, groups_val, assignment)
 
-    if cfg.thresholds is not None:
-        from ..thresholds import ThresholdConfig, calibrate
+        if cfg.thresholds is not None:
+            from ..thresholds import ThresholdConfig, calibrate
 
-        calibration = calibrate(y_val, val_probs, index.classes, ThresholdConfig.from_dict(cfg.thresholds))
-        card.decision = calibration.decision
-    val_result = score(val_index, kept, val_probs, card.decision, n_boot=cfg.n_boot, seed=cfg.seed,
-                       skipped=skipped, views=cfg.tta)
-    save_checkpoint(unscored, members, card)
-    kept_t, skipped_t, test_probs = predict_index(load(unscored), test_index)
-    assert isinstance(test_probs, np.ndarray)
-    test_result = score(test_index, kept_t, test_probs, card.decision, n_boot=cfg.n_boot, seed=cfg.seed,
-                        skipped=skipped_t, views=cfg.tta)
+            calibration = calibrate(y_val, val_probs, index.classes, ThresholdConfig.from_dict(cfg.thresholds))
+            card.decision = calibration.decision
+        val_result = score(val_index, kept, val_probs, card.decision, n_boot=cfg.n_boot, seed=cfg.seed,
+                           skipped=skipped, views=cfg.tta)
+        save_checkpoint(unscored, members, card)
+        kept_t, skipped_t, test_probs = predict_index(load(unscored), test_index)
+        assert isinstance(test_probs, np.ndarray)
+        test_result = score(test_index, kept_t, test_probs, card.decision, n_boot=cfg.n_boot, seed=cfg.seed,
+                            skipped=skipped_t, views=cfg.tta)
 
-    metrics = _run_metrics(card, val_result, test_result, thresholds=cfg.thresholds is not None, n_boot=cfg.n_boot, seed=cfg.seed)
-    metrics["val"]["note"] = val_note
-    metrics["train_seconds"] = time.perf_counter() - t_start
-    metrics["world_size"] = world_size
-    ckpt = run_dir / "model.pt"
-    save_checkpoint(ckpt, members, card)
-    unscored.unlink()
-    sidecar_path(unscored).unlink()
+        metrics = _run_metrics(card, val_result, test_result, thresholds=cfg.thresholds is not None, n_boot=cfg.n_boot, seed=cfg.seed)
+        metrics["val"]["note"] = val_note
+        metrics["train_seconds"] = time.perf_counter() - t_start
+        metrics["world_size"] = world_size
+        ckpt = run_dir / "model.pt"
+        save_checkpoint(ckpt, members, card)
+        unscored.unlink()
+        sidecar_path(unscored).unlink()
+    except BaseException:  # interrupted or failed while scoring: no stray checkpoint is left
+        for f in (unscored, sidecar_path(unscored)):
+            f.unlink(missing_ok=True)
+        raise
     _write_predictions(run_dir, {"val": val_result, "test": test_result})
     write_json_atomic(run_dir / "history.json", history)
     write_json_atomic(run_dir / "metrics.json", _jsonable(metrics))
