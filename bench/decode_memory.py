@@ -4,7 +4,7 @@ A 10,900 x 10,900 16-bit greyscale PNG is ~250 kB on disk and 237 MB once decode
 bounded decode, ``load_image`` needed ~3.6 GB of RSS for it (64-bit copies for the 16 -> 8 bit
 conversion). The same for a half-transparent 8-bit RGBA PNG (alpha compositing). Each row of the
 table is a fresh ``python`` process that imports ``edgederm.data.images``, decodes once, and
-reports ``ru_maxrss`` (the kernel's peak RSS), so rows do not share a heap.
+reports ``VmHWM`` (the kernel's peak RSS), so rows do not share a heap.
 
     python bench/decode_memory.py                 # 10,900 px, the issue's case
     python bench/decode_memory.py --side 4000     # quicker
@@ -28,11 +28,15 @@ import time
 import zlib
 from pathlib import Path
 
+# VmHWM (peak RSS of this process image), not ru_maxrss: Linux carries ru_maxrss across exec,
+# so a child of a big parent would report the parent's peak.
 CHILD = r"""
-import json, resource, sys, time
+import json, re, sys, time
 from edgederm.data import images
 from edgederm.errors import ImageError
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1])
+base = hwm()
 path, limit, dsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kw = {"max_pixels": limit} if limit else {}
 if dsize:
@@ -44,7 +48,7 @@ try:
 except ImageError as e:
     result = "refused: " + str(e).split(" (", 1)[0].split(" = ", 1)[1]
 ms = (time.perf_counter() - t0) * 1e3
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm()
 print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "ms": ms, "result": result}))
 """
 
