@@ -37,9 +37,10 @@ from edgederm.errors import EdgedermError, ImageError
 
 log = logging.getLogger(__name__)
 
-# An edge tool decodes dermoscopy photos (0.3-24 Mpx; a 50 Mpx camera is the largest seen); a
-# larger image is a mistake or a decompression bomb (a 250 kB PNG can unpack to 3 GB). Raise it
-# with ``edgederm --max-pixels N`` or ``EDGEDERM_MAX_PIXELS=N``.
+# Dermoscopy photos are a few Mpx to ~25 Mpx; beyond 50 Mpx an image is a phone's 200-Mpx mode
+# (a JPEG: decoded at reduced scale for a model it passes, since only decoded pixels count), a
+# mistake, or a decompression bomb (a 250 kB PNG can declare 119 Mpx and unpack to GBs).
+# Raise it with ``edgederm --max-pixels N`` or ``EDGEDERM_MAX_PIXELS=N``.
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "EDGEDERM_MAX_PIXELS"
 
@@ -126,7 +127,7 @@ def max_pixels_limit() -> int:
         return DEFAULT_MAX_PIXELS
     try:
         value = int(float(raw.replace("_", "").replace(",", "")))
-    except ValueError:
+    except (ValueError, OverflowError):
         value = 0
     if value < 1:
         raise EdgedermError(f"{MAX_PIXELS_ENV}={raw!r} is not a positive number of pixels")
