@@ -415,6 +415,8 @@ def _preprocessing_problems(d: Mapping[str, Any]) -> list[str]:
     pad = pp.get("pad_value", [0, 0, 0])
     if not (isinstance(pad, list) and len(pad) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in pad)):
         out.append(f"preprocessing/pad_value: {pad!r} is not 3 integers in 0..255")
+    if not isinstance(pp.get("exact_decode", False), bool):
+        out.append(f"preprocessing/exact_decode: {pp['exact_decode']!r} must be true or false")
     version = pp.get("version", SPEC_VERSION)
     if isinstance(version, int) and version > SPEC_VERSION:
         out.append(f"preprocessing/version: {version} is newer than this edgederm understands ({SPEC_VERSION})")

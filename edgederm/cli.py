@@ -43,8 +43,18 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", min=1, metavar="N",
+        help="Refuse images with more than N pixels, from their header (default 50,000,000 or $EDGEDERM_MAX_PIXELS).",
+    ),
+) -> None:
     _setup_logging(verbose)
+    if max_pixels is not None:
+        # Through the environment (edgederm.data.images.MAX_PIXELS_ENV), so DataLoader workers
+        # and the bench's measuring subprocess decode under the same limit.
+        os.environ["EDGEDERM_MAX_PIXELS"] = str(max_pixels)
 
 
 def _parse_opts(opts: Optional[List[str]]) -> dict[str, object]:

@@ -11,7 +11,6 @@ from PIL import Image
 
 from tqdm.auto import tqdm
 
-from .data.images import load_image
 from .decision import decide
 from .data.records import DatasetIndex, Record, Skipped
 from .errors import DataError, ImageError
@@ -47,10 +46,10 @@ class EvalResult:
         }
 
 
-def _decoded(records: Sequence[Record], draft: int, kept: list[Record], skipped: list[Skipped]) -> Iterator[Image.Image]:
+def _decoded(records: Sequence[Record], predictor: Predictor, kept: list[Record], skipped: list[Skipped]) -> Iterator[Image.Image]:
     for r in records:
         try:
-            img = load_image(r.ref, draft_size=draft)
+            img = predictor.load_image(r.ref)
         except ImageError as e:
             skipped.append(Skipped(r.image_id, str(e)))
             log.warning("skipped: %s", e)
@@ -71,11 +70,10 @@ def predict_index(
     predictor.card.check_classes(index.classes, what=f"data set {index.name!r}")
     if len(index) == 0:
         raise DataError(f"data set {index.name!r} has no images to evaluate")
-    draft = 2 * max(max(h.spec.input_size) for h in predictor.heads())
     kept: list[Record] = []
     skipped: list[Skipped] = []
     images = tqdm(
-        _decoded(index.records, draft, kept, skipped),
+        _decoded(index.records, predictor, kept, skipped),
         total=len(index.records), desc=f"predict {index.name}", unit="img", leave=False, disable=None,
     )
     if per_member:

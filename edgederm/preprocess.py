@@ -45,6 +45,13 @@ class PreprocessSpec:
     - ``resize="stretch"``: resize straight to ``input_size`` (no crop; the aspect changes).
     - ``resize="pad"``: scale the longer side to the input size and pad with ``pad_value``.
     ``resize_to`` defaults to ``input_size / crop_pct``.
+
+    ``exact_decode``: decode every pixel of the file before the resize. By default (False) an
+    image much larger than the input is decoded at reduced scale (JPEG draft, integer box
+    reduce; see ``decode_size`` and docs/decoding.md), which changes the model input by a grey
+    level or two and bounds decode memory. Set it for a model whose validation numbers must
+    reproduce bit for bit from the full-resolution pixels. Serialised only when True, so cards
+    written before it existed keep their bytes and digest.
     """
 
     input_size: tuple[int, int] = (224, 224)  # (height, width)
@@ -61,6 +68,7 @@ class PreprocessSpec:
     input_scale: float | None = None
     input_zero_point: int | None = None
     pad_value: tuple[int, int, int] = (0, 0, 0)
+    exact_decode: bool = False
     version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -143,6 +151,8 @@ class PreprocessSpec:
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
         d["pad_value"] = list(self.pad_value)
+        if not self.exact_decode:
+            del d["exact_decode"]  # the default: older cards and their digests stay unchanged
         return d
 
     @classmethod
@@ -168,6 +178,29 @@ class PreprocessSpec:
 
     def with_(self, **changes: Any) -> "PreprocessSpec":
         return replace(self, **changes)
+
+
+# Decoded images keep at least this many times the pixels the spec's resize produces along each
+# axis: the antialiased resize then sees enough samples per output pixel that decoding at
+# reduced scale moves the model input by about one grey level (measured in docs/decoding.md).
+DECODE_OVERSAMPLE = 2
+
+
+def decode_size(spec: PreprocessSpec, *, crops: bool = False) -> int | None:
+    """The smallest side an image may be decoded at for ``spec`` (None: decode every pixel).
+
+    ``load_image(ref, decode_size=decode_size(spec))`` keeps both sides of the decoded image >=
+    this: ``DECODE_OVERSAMPLE`` x the largest side the resize produces (the shorter-side target
+    ``min(input_size) / crop_pct`` for ``resize="shorter"``, else the input size). None when the
+    spec says ``exact_decode``, or when ``crops`` (a segment-then-classify crop keeps only part of
+    the image, so the whole image's bound says nothing about the crop's resolution).
+    """
+    if spec.exact_decode or crops:
+        return None
+    target = max(spec.height, spec.width)
+    if spec.resize == "shorter":
+        target = max(target, int(round(min(spec.height, spec.width) / spec.crop_pct)))
+    return DECODE_OVERSAMPLE * target
 
 
 def spec_for_size(size: int, **kw: Any) -> PreprocessSpec:

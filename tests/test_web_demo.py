@@ -41,7 +41,7 @@ from edgederm.data.images import load_image
 from edgederm.decision import decide
 from edgederm.demo.serve import NPM_INSTALL, demo_card, find_ort_dist, make_server, start_in_thread
 from edgederm.errors import EdgedermError
-from edgederm.preprocess import PreprocessSpec
+from edgederm.preprocess import PreprocessSpec, decode_size
 from edgederm.runtime import load
 from edgederm.runtime.onnx_backend import embed_onnx_card
 
@@ -151,11 +151,11 @@ def test_web_demo_matches_python_runtime(tmp_path: Path, data_root: Path, ort_di
     d_runtime = pred.decide(p_runtime)
     assert (d_runtime != p_runtime.argmax(1)).any(), "the threshold should change a decision"
 
-    # What the runtime decodes (JPEG draft at twice the input size), as lossless PNG for the page.
-    draft = 2 * max(SPEC.input_size)
+    # What the runtime decodes (reduced scale per the spec's decode_size), as lossless PNG for the page.
+    draft = decode_size(SPEC)
     routes, classify = {}, []
     for k, p in paths.items():
-        routes[f"/__test__/{k}.png"] = str(_png(load_image(p, draft_size=draft), tmp_path / f"{k}.png"))
+        routes[f"/__test__/{k}.png"] = str(_png(load_image(p, decode_size=draft), tmp_path / f"{k}.png"))
         routes[f"/__test__/{k}.jpg"] = str(p)
         classify += [{"id": f"{k}.png", "url": f"/__test__/{k}.png"}, {"id": f"{k}.jpg", "url": f"/__test__/{k}.jpg"}]
     # Golden preprocessing: full-resolution decodes (as make_golden.py) and the synthetic card.
@@ -226,7 +226,7 @@ def test_web_demo_matches_python_runtime(tmp_path: Path, data_root: Path, ort_di
     # 3. Real images, Python's decoded pixels: same model input, same probabilities and decisions.
     for i, k in enumerate(IMAGES):
         r = res["classify"][f"{k}.png"]
-        x = SPEC.apply(load_image(paths[k], draft_size=draft))
+        x = SPEC.apply(load_image(paths[k], decode_size=draft))
         np.testing.assert_array_equal(_tensor(r), x, err_msg=k)
         assert r["views"] == VIEWS
         np.testing.assert_allclose(r["probs"], p_runtime[i], atol=PROB_ATOL, rtol=0, err_msg=k)

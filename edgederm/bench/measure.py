@@ -12,7 +12,7 @@ the peak RSS belongs to that one model. In the child:
   ensemble checkpoint every member runs, as one inference of the ensemble does);
 * ``e2e_ms`` (batch 1 only): image file → decision, i.e. ``Predictor.predict([jpeg])``: JPEG
   decode, the card's preprocessing and TTA views, inference, softmax/ensemble, decision rule;
-  ``decode_ms``: the JPEG decode alone (``edgederm.data.images.load_image``, as the runtime calls it);
+  ``decode_ms``: the JPEG decode alone (``Predictor.load_image``, as the runtime calls it);
 * ``peak_rss_bytes``: the child's peak resident set (VmHWM) at the end.
 
 FLOPs are counted in the parent, once per model: ``torch.utils.flop_counter.FlopCounterMode`` on
@@ -142,11 +142,8 @@ def measure_local(job: LocalJob) -> dict[str, Any]:
     load_ms = (time.perf_counter() - t0) * 1e3
     rss_loaded = current_rss_bytes()
 
-    from ..data.images import load_image
-
     heads = pred.heads()
-    draft = 2 * max(max(h.spec.input_size) for h in heads)
-    image = load_image(job.image, draft_size=draft) if job.image else None
+    image = pred.load_image(job.image) if job.image else None
     if image is None:
         from PIL import Image
 
@@ -175,7 +172,7 @@ def measure_local(job: LocalJob) -> dict[str, Any]:
     if job.e2e_runs > 0 and job.batch == 1 and job.image:
         views = pred.views(None)
         first_e2e, e2e = timed_runs(lambda: pred.predict([job.image]), warmup=1, runs=job.e2e_runs)
-        _, dec = timed_runs(lambda: load_image(job.image, draft_size=draft), warmup=1, runs=job.e2e_runs)
+        _, dec = timed_runs(lambda: pred.load_image(job.image), warmup=1, runs=job.e2e_runs)
         out["e2e_ms"] = summarize(e2e)
         out["e2e"] = {"image": Path(job.image).name, "views": len(views), "members": len(heads),
                       "first_ms": first_e2e, "decode_ms": summarize(dec),

@@ -7,6 +7,13 @@ file and the cause (never a traceback from a DataLoader worker three epochs late
 
 A *ref* is a file path, or ``"<path>.npz::<key>[<index>]"`` for MedMNIST-style arrays (uint8, HxW
 or HxWx3) stored in a NumPy ``.npz`` archive.
+
+Memory is bounded twice (docs/decoding.md): a pixel limit refuses oversized images from their
+header, before anything is decoded; and a caller that will shrink the image anyway passes
+``decode_size`` (``edgederm.preprocess.decode_size(spec)``), so JPEGs are decoded at 1/2-1/8 scale
+by libjpeg and other formats are box-reduced by an integer factor, both sides kept >= decode_size.
+Mode conversions (16-bit, alpha, CMYK, palette) run in strips of rows, so they never hold a second
+full-size copy of a large image.
 """
 
 from __future__ import annotations
@@ -20,17 +27,25 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Literal
+from typing import IO, Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgederm.data.records import Record, Skipped
-from edgederm.errors import ImageError
+from edgederm.errors import EdgedermError, ImageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 120_000_000
+# Dermoscopy photos are a few Mpx to ~25 Mpx; beyond 50 Mpx an image is a phone's 200-Mpx mode
+# (a JPEG: decoded at reduced scale for a model it passes, since only decoded pixels count), a
+# mistake, or a decompression bomb (a 250 kB PNG can declare 119 Mpx and unpack to GBs).
+# Raise it with ``edgederm --max-pixels N`` or ``EDGEDERM_MAX_PIXELS=N``.
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "EDGEDERM_MAX_PIXELS"
+
+# Mode conversions work on strips of about this many pixels (a few MB of temporaries each).
+_STRIP_PIXELS = 1 << 20
 
 _NPZ_REF = re.compile(r"^(?P<path>.+\.npz)::(?P<key>[^\[\]]+)\[(?P<index>-?\d+)\]$", re.IGNORECASE)
 
@@ -104,12 +119,27 @@ def _check_file(src: _Source) -> None:
         raise _error(src, "empty file (0 bytes)")
 
 
-def _too_large(src: _Source, size: tuple[int, int], max_pixels: int, can_draft: bool) -> ImageError:
+def max_pixels_limit() -> int:
+    """The pixel limit in force: ``$EDGEDERM_MAX_PIXELS`` if set (``edgederm --max-pixels`` sets
+    it, so DataLoader workers inherit it), else ``DEFAULT_MAX_PIXELS``."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw.replace("_", "").replace(",", "")))
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise EdgedermError(f"{MAX_PIXELS_ENV}={raw!r} is not a positive number of pixels")
+    return value
+
+
+def _too_large(src: _Source, size: tuple[int, int], max_pixels: int) -> ImageError:
     w, h = size
-    hint = "raise max_pixels, or give draft_size to decode this JPEG at reduced scale" if can_draft else "raise max_pixels"
     return _error(
         src,
-        f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} pixels ({hint})",
+        f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} pixels "
+        f"(raise it with edgederm --max-pixels {w * h} or {MAX_PIXELS_ENV}={w * h})",
     )
 
 
@@ -188,6 +218,25 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
 
 
+_ORIENTATION_TRANSPOSE = {  # as ImageOps.exif_transpose
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation_transpose(img: Image.Image, src: _Source) -> Image.Transpose | None:
+    try:
+        return _ORIENTATION_TRANSPOSE.get(img.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception as exc:  # noqa: BLE001 - phones write broken EXIF; the pixels are still good
+        log.warning("%s: ignoring unreadable EXIF orientation (%s)", src.name, exc)
+        return None
+
+
 def _exif_transpose(img: Image.Image, src: _Source) -> Image.Image:
     try:
         # in_place: without a rotation to apply, the non-in-place variant copies the whole image.
@@ -199,47 +248,72 @@ def _exif_transpose(img: Image.Image, src: _Source) -> Image.Image:
 
 # ----------------------------------------------------------------------------------- modes -> RGB
 
-def _high_bit_to_8bit(img: Image.Image, src: _Source) -> Image.Image:
-    """Scale a 16/32-bit integer or float single-channel image to 8 bit by its bit depth.
+def _strips(img: Image.Image, factor: int = 1) -> Iterator[tuple[int, Image.Image]]:
+    """``(top row, strip)`` over ``img``. Strip heights are multiples of ``factor``, so reducing
+    strip by strip gives exactly the pixels of reducing the whole image (box blocks never straddle
+    two strips)."""
+    w, h = img.size
+    rows = max(factor, _STRIP_PIXELS // max(w, 1) // factor * factor)
+    for top in range(0, h, rows):
+        yield top, img.crop((0, top, w, min(h, top + rows)))
+
+
+def _high_bit_full_scale(img: Image.Image, src: _Source) -> float:
+    """The sample value that maps to 255 for a 16/32-bit integer or float single-channel image.
 
     PNG stores n-bit samples (n < 16) scaled to the full 16-bit range (the spec asks encoders to
     do so), so the usual case is full-range 16 bit: divide by 257 (65535 -> 255, 32896 -> 128).
     Some medical tools write 10/12-bit data *unscaled* into a 16-bit PNG and declare the depth in
     an sBIT chunk; we honour that when every sample fits the declared depth and the samples do not
     look scaled (a very dark, properly scaled image also fits). Clipping to 255 (what
-    ``convert("L")`` does) would turn almost every 16-bit image white.
+    ``convert("L")`` does) would turn almost every 16-bit image white. The checks look at every
+    sample, strip by strip, so a 10k x 10k image never gets a 64-bit copy.
     """
-    arr = np.asarray(img)
     if img.mode == "F":
-        arr = arr.astype(np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        lo, hi = np.inf, -np.inf
+        for _, strip in _strips(img):
+            arr = np.asarray(strip, dtype=np.float64)
+            arr = arr[~np.isnan(arr)]
+            if arr.size:
+                lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
         if lo < 0.0 or hi > 1.0:
             raise _error(src, f"float image with values in [{lo:g}, {hi:g}], expected [0, 1]")
-        return Image.fromarray(np.round(np.nan_to_num(arr) * 255.0).astype(np.uint8), "L")
-    arr = arr.astype(np.int64)
-    lo, hi = int(arr.min()), int(arr.max())
+        return 1.0
+    lo, hi = 0, 0
+    for i, (_, strip) in enumerate(_strips(img)):  # getextrema() refuses I;16B
+        arr = np.asarray(strip)
+        lo, hi = (int(arr.min()), int(arr.max())) if i == 0 else (min(lo, int(arr.min())), max(hi, int(arr.max())))
     if lo < 0 or hi > 65535:
         raise _error(src, f"{img.mode} image with values in [{lo}, {hi}], expected a 16-bit range")
     bits = _png_sbit(src.path) if img.format == "PNG" else None
-    full = 65535
-    if bits is not None and 1 <= bits < 16 and hi < (1 << bits) and not _looks_scaled(arr, bits):
-        full = (1 << bits) - 1
-    scaled = np.round(arr.astype(np.float64) * (255.0 / full))
-    return Image.fromarray(scaled.astype(np.uint8), "L")
+    if bits is not None and 1 <= bits < 16 and hi < (1 << bits):
+        shifted = replicated = True
+        for _, strip in _strips(img):
+            s, r = _looks_scaled(np.asarray(strip).astype(np.int64), bits)
+            shifted, replicated = shifted and s, replicated and r
+            if not (shifted or replicated):
+                return float((1 << bits) - 1)
+    return 65535.0
 
 
-def _looks_scaled(arr: np.ndarray, bits: int) -> bool:
-    """Whether 16-bit samples are n-bit values scaled up (shifted, or by left-bit replication)."""
+def _looks_scaled(arr: np.ndarray, bits: int) -> tuple[bool, bool]:
+    """Whether 16-bit samples are n-bit values scaled up: (by a shift, by left-bit replication)."""
     shift = 16 - bits
     v = arr >> shift
-    if np.all((arr & ((1 << shift) - 1)) == 0):
-        return True
+    shifted = bool(np.all((arr & ((1 << shift) - 1)) == 0))
     rep = np.zeros_like(arr)
     pos = 16
     while pos > 0:
         pos -= bits
         rep |= (v << pos) if pos >= 0 else (v >> -pos)
-    return bool(np.all(rep == arr))
+    return shifted, bool(np.all(rep == arr))
+
+
+def _high_bit_strip(strip: Image.Image, full: float) -> Image.Image:
+    arr = np.asarray(strip).astype(np.float64)
+    if strip.mode == "F":
+        arr = np.nan_to_num(arr)
+    return Image.fromarray(np.round(arr * (255.0 / full)).astype(np.uint8), "L").convert("RGB")
 
 
 def _png_sbit(path: Path) -> int | None:
@@ -272,6 +346,28 @@ def _composite(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(bg, rgba).convert("RGB")
 
 
+def _rgb_converter(img: Image.Image, src: _Source) -> Callable[[Image.Image], Image.Image] | None:
+    """The per-pixel function (applied to strips of ``img``) that gives 8-bit RGB; None for RGB."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return None
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        full = _high_bit_full_scale(img, src)
+        return lambda strip: _high_bit_strip(strip, full)
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        return _composite
+
+    def convert(strip: Image.Image) -> Image.Image:
+        try:
+            # CMYK (PIL already undoes Adobe's inverted CMYK when reading the JPEG), L, 1, P,
+            # YCbCr, LAB, HSV: PIL's conversions are exact enough for everything we read.
+            return strip.convert("RGB")
+        except (ValueError, OSError) as exc:
+            raise _error(src, f"unsupported image mode {mode} ({exc})") from None
+
+    return convert
+
+
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     """Any decoded PIL image -> 8-bit RGB, the edgederm way (alpha: see ``ALPHA_BACKGROUND``).
 
@@ -281,20 +377,28 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     return _to_rgb(img, _Source(name, Path(name)))
 
 
-def _to_rgb(img: Image.Image, src: _Source) -> Image.Image:
-    mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
-        return img
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        return _high_bit_to_8bit(img, src).convert("RGB")
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
-        return _composite(img)
-    try:
-        # CMYK (PIL already undoes Adobe's inverted CMYK when reading the JPEG), L, 1, P, YCbCr,
-        # LAB, HSV: PIL's conversions are exact enough for everything we read.
-        return img.convert("RGB")
-    except (ValueError, OSError) as exc:
-        raise _error(src, f"unsupported image mode {mode} ({exc})") from None
+def _to_rgb(img: Image.Image, src: _Source, factor: int = 1) -> Image.Image:
+    """8-bit RGB, box-reduced by ``factor``: the same pixels as converting the whole image and
+    then ``reduce(factor)``, computed strip by strip so only the output is full-size."""
+    convert = _rgb_converter(img, src)
+    if convert is None:
+        return img.reduce(factor) if factor > 1 else img
+    w, h = img.size
+    if w * h <= _STRIP_PIXELS:
+        out = convert(img)
+        return out.reduce(factor) if factor > 1 else out
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    for top, strip in _strips(img, factor):
+        rgb = convert(strip)
+        out.paste(rgb.reduce(factor) if factor > 1 else rgb, (0, top // factor))
+    return out
+
+
+def reduce_factor(size: tuple[int, int], decode_size: int | None) -> int:
+    """The integer box-reduction that keeps both sides of ``size`` >= ``decode_size`` (1: none)."""
+    if not decode_size:
+        return 1
+    return max(1, min(size[0] // int(decode_size), size[1] // int(decode_size)))
 
 
 # -------------------------------------------------------------------------------------- npz refs
@@ -406,7 +510,7 @@ def _npz_image(src: _Source, max_pixels: int) -> Image.Image:
     item = np.asarray(arr[src.index])
     h, w = item.shape[:2]
     if h * w > max_pixels:
-        raise _too_large(src, (w, h), max_pixels, can_draft=False)
+        raise _too_large(src, (w, h), max_pixels)
     if item.ndim == 3 and item.shape[2] == 1:
         item = item[:, :, 0]
     if item.ndim == 2:
@@ -423,23 +527,31 @@ def _npz_image(src: _Source, max_pixels: int) -> Image.Image:
 def load_image(
     ref: str | os.PathLike[str],
     *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
+    decode_size: int | None = None,
     draft_size: int | None = None,
 ) -> Image.Image:
     """Decode ``ref`` into an 8-bit RGB image with its EXIF orientation applied.
 
-    ``draft_size``: for JPEGs, let libjpeg decode at 1/2, 1/4 or 1/8 scale so both sides stay at
-    least ``draft_size`` (a 10000x10000 photo then costs ~1/64 of the time and memory). Callers
-    that resize to a network input anyway should pass it. ``max_pixels`` bounds the pixels that
-    are actually decoded (after drafting); larger images raise ``ImageError`` instead of
-    exhausting a worker's memory.
+    ``decode_size``: the caller will shrink the image anyway (``edgederm.preprocess.decode_size``
+    gives the value for a preprocessing spec), so decode it smaller while both sides stay at least
+    ``decode_size``: JPEGs at 1/2, 1/4 or 1/8 scale inside libjpeg (a 10000x10000 photo then costs
+    ~1/64 of the time and memory), then every format box-reduced by the largest integer factor
+    that keeps the bound (``Image.reduce``). ``None`` decodes every pixel (bit-identical to the
+    file). ``draft_size`` is the old name of ``decode_size``.
+
+    ``max_pixels`` (default: ``max_pixels_limit()``, i.e. ``$EDGEDERM_MAX_PIXELS`` or 50 Mpx)
+    bounds the pixels that are actually decoded (after JPEG draft); larger images are refused from
+    their header, before any pixel is decoded.
 
     Every failure (missing, empty, not an image, corrupt, truncated, too large) is an
     ``ImageError`` whose message is one line naming the file and the cause.
     """
+    decode_size = decode_size or draft_size
+    limit = max_pixels_limit() if max_pixels is None else int(max_pixels)
     src = _parse_ref(ref)
     if src.key is not None:
-        return _npz_image(src, max_pixels)
+        return _npz_image(src, limit)
 
     _check_file(src)
     try:
@@ -450,12 +562,11 @@ def load_image(
         img = _open(src, fh)
         fmt = img.format or src.path.suffix.lstrip(".").upper() or "image"
         try:
-            jpeg = fmt in ("JPEG", "MPO")
-            if draft_size and jpeg:
-                # Must precede load(); "RGB" leaves CMYK/greyscale JPEGs in their own mode.
-                img.draft("RGB", (int(draft_size), int(draft_size)))
-            if img.size[0] * img.size[1] > max_pixels:
-                raise _too_large(src, img.size, max_pixels, can_draft=jpeg and not draft_size)
+            if decode_size and fmt in ("JPEG", "MPO"):
+                # Header-only; must precede load(). "RGB" leaves CMYK/greyscale JPEGs in their mode.
+                img.draft("RGB", (int(decode_size), int(decode_size)))
+            if img.size[0] * img.size[1] > limit:
+                raise _too_large(src, img.size, limit)
             # Decode everything now, so a truncated file fails here and not later in a worker.
             # (We never set ImageFile.LOAD_TRUNCATED_IMAGES: a half-grey lesion is not a lesion.)
             img.load()
@@ -468,8 +579,18 @@ def load_image(
             if "truncated" in msg.lower() or isinstance(exc, EOFError):
                 raise _error(src, f"truncated {fmt} ({msg})") from None
             raise _error(src, f"corrupt {fmt} ({msg})") from None
-    img = _exif_transpose(img, src)
-    return _to_rgb(img, src)
+    factor = reduce_factor(img.size, decode_size)
+    try:
+        out = _to_rgb(img, src, factor)
+    except MemoryError:
+        raise _error(src, f"out of memory converting {img.size[0]}x{img.size[1]} {img.mode} {fmt}") from None
+    if out is img:
+        return _exif_transpose(img, src)
+    # Convert/reduce first, rotate the (smaller) result: the same pixels for a per-pixel
+    # conversion; after a reduce the box grid is anchored at the stored image's top-left corner.
+    method = _orientation_transpose(img, src)
+    out.info.pop("exif", None)  # reduce() copies info; the orientation is applied below
+    return out.transpose(method) if method is not None else out
 
 
 def image_size(ref: str | os.PathLike[str]) -> tuple[int, int]:
@@ -530,10 +651,10 @@ def iter_images(
     records: Iterable[Record],
     *,
     on_error: Literal["skip", "raise"] = "skip",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft_size: int | None = None,
+    max_pixels: int | None = None,
+    decode_size: int | None = None,
 ) -> ImageStream:
     """``for record, image in iter_images(index): ...``; then read ``.skipped`` / ``.summary()``."""
     return ImageStream(
-        records, on_error=on_error, load_kwargs={"max_pixels": max_pixels, "draft_size": draft_size}
+        records, on_error=on_error, load_kwargs={"max_pixels": max_pixels, "decode_size": decode_size}
     )

@@ -35,7 +35,7 @@ from edgederm.errors import ImageError
 log = logging.getLogger(__name__)
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-_HASH_DECODE_SIZE = 256  # JPEG draft size for hashing: phash looks at 4*hash_size pixels anyway
+_HASH_DECODE_SIZE = 256  # reduced decode for hashing: phash looks at 4*hash_size pixels anyway
 
 
 @dataclass
@@ -154,7 +154,7 @@ def perceptual_hash(ref: str, *, hash_size: int = 8, crop: float = 0.6) -> np.nd
     """The phash bits (packed, uint8) of an image's central ``crop``, decoded via ``load_image``."""
     import imagehash
 
-    img = load_image(ref, draft_size=_HASH_DECODE_SIZE)
+    img = load_image(ref, decode_size=_HASH_DECODE_SIZE)
     bits = imagehash.phash(_center_crop(img, crop), hash_size=hash_size).hash
     return np.packbits(np.asarray(bits, dtype=bool).ravel())
 

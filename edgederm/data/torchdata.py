@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..preprocess import PreprocessSpec
+from ..preprocess import PreprocessSpec, decode_size
 from .images import load_image
 from .records import DatasetIndex
 
@@ -40,8 +40,9 @@ class ImageDataset(Dataset):
         self.augment = augment
         self.targets = index.targets()
         self._cache: dict[int, Image.Image] | None = {} if cache else None
-        # Decode no larger than needed: 2x the input keeps resize quality and bounds memory.
-        self._draft = 2 * max(spec.input_size)
+        # Decode as the runtime does for this spec (Predictor.decode_size): reduced scale unless
+        # the spec says exact_decode or a segmenter crops (then every pixel).
+        self._decode_size = decode_size(spec, crops="crop" in str(getattr(pre, "mode", "")))
 
     def __len__(self) -> int:
         return len(self.index.records)
@@ -49,7 +50,7 @@ class ImageDataset(Dataset):
     def image(self, i: int) -> Image.Image:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = load_image(self.index.records[i].ref, draft_size=self._draft)
+        img = load_image(self.index.records[i].ref, decode_size=self._decode_size)
         if self.pre is not None:
             img = self.pre(img)
         if self._cache is not None:

@@ -254,14 +254,6 @@ def _member_names(pred: Any) -> list[str]:
     return [str(n) for n in names]
 
 
-def _open(item: ImageLike, draft: int) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item if item.mode == "RGB" else item.convert("RGB")
-    from ..data.images import load_image
-
-    return load_image(item, draft_size=draft)
-
-
 def _check_spec(spec: PreprocessSpec, name: str) -> None:
     if spec.layout != "NCHW" or spec.dtype not in ("float32", "float16"):
         raise EdgedermError(f"member {name!r}: Grad-CAM needs a float NCHW torch input, the card says {spec.layout} {spec.dtype}")
@@ -284,8 +276,7 @@ def cams_for_checkpoint(
 
     pred = _torch_predictor(path_or_predictor)
     heads = pred.heads()
-    draft = 2 * max(max(h.spec.input_size) for h in heads)
-    pil = [_open(im, draft) for im in images]
+    pil = [pred.load_image(im) for im in images]
     n = len(pil)
     if class_idx is None:
         target: np.ndarray | int = pred.decide(pred.predict_proba(pil, tta=False)) if n else np.zeros(0, int)
@@ -533,8 +524,7 @@ def cam_in_mask_report(
     records: list[Record] = [masked[i] for i in _spread(len(masked), max_images)]
     if isinstance(class_idx, (list, tuple, np.ndarray)) and len(class_idx) != len(records):
         raise EdgedermError(f"class_idx has {len(class_idx)} entries for {len(records)} images")
-    draft = 2 * max(max(h.spec.input_size) for h in pred.heads())
-    images = [load_image(r.ref, draft_size=draft) for r in records]
+    images = [pred.load_image(r.ref) for r in records]
     masks = [load_image(r.mask_ref) for r in records]  # type: ignore[arg-type]
     members = cams_for_checkpoint(pred, images, class_idx, batch_size=batch_size)
 
@@ -621,8 +611,7 @@ def explain_run(
     out.mkdir(parents=True, exist_ok=True)
 
     records = [index.records[i] for i in _spread(len(index), n_images)]
-    draft = 2 * max(max(h.spec.input_size) for h in pred.heads())
-    images = [load_image(r.ref, draft_size=draft) for r in records]
+    images = [pred.load_image(r.ref) for r in records]
     masks = [load_image(r.mask_ref) if r.mask_ref else None for r in records]
     members = cams_for_checkpoint(pred, images, class_idx)
     classes = list(pred.classes)

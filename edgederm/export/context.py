@@ -327,12 +327,14 @@ class ExportContext:
     def preprocess_records(self, records: Sequence[Record]) -> np.ndarray:
         """Decode and preprocess exactly as the runtime does (identity view): (N, 3, H, W) float32."""
         from ..data.images import load_image
+        from ..preprocess import decode_size
 
         seg = self._segmenter()
-        draft = 2 * max(self.spec.input_size)
+        # The runtime's rule (Predictor.decode_size): a cropping segmenter means every pixel.
+        size = decode_size(self.spec, crops="crop" in str(getattr(seg, "mode", "")))
         arrs = []
         for r in records:
-            img = load_image(r.ref, draft_size=draft)
+            img = load_image(r.ref, decode_size=size)
             if seg is not None:
                 img = seg(img)
             arrs.append(self.spec.apply(img))

@@ -254,10 +254,8 @@ def predict_pool(predictor: Predictor, files: Sequence[Path], *, tta: bool | Seq
     """Probabilities of ``predictor`` on unlabelled images; unreadable files are skipped (counted)."""
     from tqdm.auto import tqdm
 
-    from ..data.images import load_image
     from ..errors import ImageError
 
-    draft = 2 * max(max(h.spec.input_size) for h in predictor.heads())
     ids: list[str] = []
     chunks: list[np.ndarray] = []
     batch: list[Any] = []
@@ -270,7 +268,7 @@ def predict_pool(predictor: Predictor, files: Sequence[Path], *, tta: bool | Seq
 
     for f in tqdm(files, desc=f"fidelity {name or predictor.path.name}", unit="img", leave=False, disable=None):
         try:
-            batch.append(load_image(f, draft_size=draft))
+            batch.append(predictor.load_image(f))
         except ImageError as e:
             skipped += 1
             log.warning("fidelity pool: skipped %s", e)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..card import ArtifactCard
 from ..decision import decide
-from ..preprocess import PreprocessSpec
+from ..preprocess import PreprocessSpec, decode_size
 from ..tta import apply_view, check_views
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Predictor:
             batch.clear()
 
         for item in images:
-            batch.append(self._open(item))
+            batch.append(self._prepare(item))
             if len(batch) == batch_size:
                 flush()
         if batch:
@@ -142,15 +142,35 @@ class Predictor:
         probs = self.predict_proba(images, **kw)  # type: ignore[arg-type]
         return probs, self.decide(probs)
 
-    def _open(self, item: ImageLike) -> Image.Image:
-        if isinstance(item, Image.Image):
-            img = item.convert("RGB") if item.mode != "RGB" else item
-        else:
-            from ..data.images import load_image
+    @property
+    def decode_size(self) -> int | None:
+        """The smallest side this predictor's images may be decoded at (None: every pixel).
 
-            # Decode JPEGs at reduced scale when they are far larger than the model input.
-            size = max(max(h.spec.input_size) for h in self.heads())  # heads() is cheap: built once
-            img = load_image(item, draft_size=2 * size)
+        ``edgederm.preprocess.decode_size`` of each head's spec, the largest over an ensemble's
+        heads; None if any head's spec says ``exact_decode`` or the card's segmenter crops.
+        """
+        entry = self.card.model.get("segmenter") or {}
+        crops = "crop" in str(entry.get("mode", ""))
+        sizes = [decode_size(h.spec, crops=crops) for h in self.heads()]  # heads() is cheap: built once
+        return None if any(s is None for s in sizes) else max(s for s in sizes if s is not None)
+
+    def load_image(self, ref: ImageLike) -> Image.Image:
+        """Decode an image file for this predictor: 8-bit RGB, EXIF orientation applied, at
+        reduced scale when the card's preprocessing allows (``decode_size``; docs/decoding.md).
+
+        Raises ``ImageError`` (one line) for unreadable files and for images over the pixel limit.
+        A PIL image is returned as RGB, as it is. The segmenter, if any, is not applied here:
+        ``predict_proba`` does that, so its output can be fed back in.
+        """
+        if isinstance(ref, Image.Image):
+            return ref.convert("RGB") if ref.mode != "RGB" else ref
+        from ..data.images import load_image
+
+        return load_image(ref, decode_size=self.decode_size)
+
+    def _prepare(self, item: ImageLike) -> Image.Image:
+        """An input as the heads' specs receive it: decoded, then through the card's segmenter."""
+        img = self.load_image(item)
         seg = self._segmenter()
         return seg(img) if seg is not None else img
 

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ..data.images import load_image
 from ..data.records import Record
 from ..errors import DataError
-from ..preprocess import PreprocessSpec
+from ..preprocess import PreprocessSpec, decode_size
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,11 @@ def load_mask(ref: str, size: tuple[int, int] | None = None) -> np.ndarray:
     return mask
 
 
-def load_pair(record: Record, *, draft_size: int | None = None) -> tuple[Image.Image, np.ndarray]:
+def load_pair(record: Record, *, decode_size: int | None = None) -> tuple[Image.Image, np.ndarray]:
     """The record's RGB image and its boolean mask at the image's size."""
     if not record.mask_ref:
         raise DataError(f"{record.image_id}: no lesion mask (the data set must provide mask_ref, e.g. PH2)")
-    img = load_image(record.ref, draft_size=draft_size)
+    img = load_image(record.ref, decode_size=decode_size)
     return img, load_mask(record.mask_ref, img.size)
 
 
@@ -150,11 +150,11 @@ class SegDataset(Dataset):
         )
         self._mean = torch.tensor(self.spec.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.spec.std, dtype=torch.float32).view(3, 1, 1)
-        # Decode at no more than ~2x the input: resize quality kept, memory bounded.
-        draft = 2 * self.size
+        # Decode at reduced scale as the spec allows: resize quality kept, memory bounded.
+        size = decode_size(self.spec)
         self._items: list[tuple[torch.Tensor, torch.Tensor]] = []
         for rec in self.records:
-            img, mask = load_pair(rec, draft_size=draft)
+            img, mask = load_pair(rec, decode_size=size)
             if self.augment is not None:
                 img, mask = _shrink(img, mask, math.ceil(1.5 * self.size))
                 x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # uint8, 3xHxW

@@ -63,7 +63,7 @@ def drop_unreadable(index: DatasetIndex) -> DatasetIndex:
     keep: list[int] = []
     for i, r in enumerate(index.records):
         try:
-            load_image(r.ref, draft_size=256)
+            load_image(r.ref, decode_size=256)  # readable? (JPEGs need not be decoded in full)
         except ImageError as e:
             index.skipped.append(Skipped(r.image_id, str(e)))
             log.warning("skipped: %s", e)

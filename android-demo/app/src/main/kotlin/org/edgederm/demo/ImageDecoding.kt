@@ -11,7 +11,7 @@ import org.edgederm.core.RgbImage
 /**
  * Photo → 8-bit RGB pixels, the app's counterpart of `edgederm.data.images.load_image`:
  * EXIF orientation applied, and large JPEGs decoded at a reduced scale (`inSampleSize`, like
- * Pillow's JPEG draft with `draft_size = 2 × the input size`). BitmapFactory and libjpeg may decode
+ * Pillow's JPEG draft with the card's `decode_size`; `minSide` 0 decodes every pixel). BitmapFactory and libjpeg may decode
  * the same file a grey level apart; from these pixels on, the core matches Python exactly.
  */
 object ImageDecoding {
@@ -20,7 +20,7 @@ object ImageDecoding {
         resolver.openInputStream(uri).use { BitmapFactory.decodeStream(it, null, bounds) }
         require(bounds.outWidth > 0 && bounds.outHeight > 0) { "not an image: $uri" }
         var sample = 1
-        while (minOf(bounds.outWidth, bounds.outHeight) / (sample * 2) >= minSide) sample *= 2
+        while (minSide > 0 && minOf(bounds.outWidth, bounds.outHeight) / (sample * 2) >= minSide) sample *= 2
         val opts = BitmapFactory.Options().apply {
             inSampleSize = sample
             inPreferredConfig = Bitmap.Config.ARGB_8888

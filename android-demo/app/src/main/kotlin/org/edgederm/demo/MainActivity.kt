@@ -91,7 +91,8 @@ class MainActivity : AppCompatActivity() {
         flag.visibility = View.GONE
         worker.execute {
             val outcome = runCatching {
-                val minSide = 2 * maxOf(m.card.spec.height, m.card.spec.width)
+                // The card's decode rule (decode_size); 0 = every pixel (exact_decode).
+                val minSide = m.card.spec.decodeSize() ?: 0
                 val (img, bmp) = ImageDecoding.decode(contentResolver, uri, minSide)
                 val t0 = System.nanoTime()
                 val c = Classifier.classify(img, m.card, views) { x -> m.run(x) }

@@ -27,6 +27,7 @@ data class PreprocessSpec(
     val inputScale: Double? = null,
     val inputZeroPoint: Int? = null,
     val padValue: List<Int> = listOf(0, 0, 0),
+    val exactDecode: Boolean = false,
     val version: Int = SPEC_VERSION
 ) {
     init {
@@ -45,6 +46,17 @@ data class PreprocessSpec(
     /** The model input's shape with a batch of one. */
     val shape: IntArray
         get() = if (layout == "NCHW") intArrayOf(1, 3, height, width) else intArrayOf(1, height, width, 3)
+
+    /**
+     * `edgederm.preprocess.decode_size`: the smallest side a photo may be decoded at (null: every
+     * pixel, when the card says `exact_decode`). Twice the largest side the resize produces.
+     */
+    fun decodeSize(): Int? {
+        if (exactDecode) return null
+        var target = maxOf(height, width)
+        if (resize == "shorter") target = maxOf(target, Math.rint(min(height, width) / cropPct).toInt())
+        return 2 * target
+    }
 
     /** The (width, height) an image of size ([w], [h]) is resized to before cropping. */
     fun resizeTarget(w: Int, h: Int): Pair<Int, Int> {
@@ -66,7 +78,7 @@ data class PreprocessSpec(
         private val DTYPES = setOf("float32", "float16", "uint8", "int8")
         private val KNOWN = setOf(
             "input_size", "resize", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout",
-            "dtype", "input_scale", "input_zero_point", "pad_value", "version", "extra"
+            "dtype", "input_scale", "input_zero_point", "pad_value", "exact_decode", "version", "extra"
         )
 
         private fun check(ok: Boolean, message: String) {
@@ -100,6 +112,7 @@ data class PreprocessSpec(
                     inputScale = if (o.isNull("input_scale")) null else o.getDouble("input_scale"),
                     inputZeroPoint = if (o.isNull("input_zero_point")) null else o.getInt("input_zero_point"),
                     padValue = o.optJSONArray("pad_value")?.let { a -> List(a.length()) { a.getInt(it) } } ?: listOf(0, 0, 0),
+                    exactDecode = o.optBoolean("exact_decode", false),
                     version = version
                 )
             } catch (e: org.json.JSONException) {
