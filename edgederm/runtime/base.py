@@ -142,6 +142,10 @@ class Predictor:
         probs = self.predict_proba(images, **kw)  # type: ignore[arg-type]
         return probs, self.decide(probs)
 
+    def load_image(self, item: ImageLike) -> Image.Image:
+        """An image file (or PIL image) as this predictor decodes it, as RGB."""
+        return self._open(item)
+
     def _open(self, item: ImageLike) -> Image.Image:
         if isinstance(item, Image.Image):
             img = item.convert("RGB") if item.mode != "RGB" else item
