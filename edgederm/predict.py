@@ -224,7 +224,7 @@ def read_done(out: Path, writer: Writer) -> set[str]:
 
 
 # -- the run --------------------------------------------------------------------------------------
-Decoded = tuple[Path, "Image.Image | None", list[str], "str | None"]  # path, image, warnings, error
+Decoded = tuple[Path, Image.Image | None, list[str], str | None]  # path, image, warnings, error
 
 
 def _decoder(predictor: Predictor, check: bool) -> Callable[[Path], Decoded]:

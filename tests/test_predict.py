@@ -121,6 +121,7 @@ def test_isic_output_accepted_by_the_official_scorer(capsys: pytest.CaptureFixtu
                                                      ckpt: Path, data_root: Path, tmp_path: Path) -> None:
     """The submission file of real HAM10000 images is scored by ``isic-challenge-scoring``; its
     balanced accuracy equals ours (edgederm.metrics on the jsonl decisions)."""
+    pytest.importorskip("isic_challenge_scoring", reason="the official scorer: pip install 'edgederm[dev]'")
     import pandas as pd
     from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
 
