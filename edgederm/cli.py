@@ -343,35 +343,43 @@ def segment_cmd(
 @app.command("predict")
 def predict_cmd(
     artifact: Path,
-    images: List[Path],
+    images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or quoted glob patterns."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="text, jsonl, csv, isic (ISIC 2018 submission CSV) or json. Default: from --out's suffix (.jsonl .csv .json), else text."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results here (default: stdout)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out: skip the images already in it and append."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per model call."),
+    workers: int = typer.Option(2, "--workers", help="Decode threads (0: decode in the main thread)."),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Use the card's TTA views."),
-    threads: Optional[int] = typer.Option(None),
-    as_json: bool = typer.Option(False, "--json"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads (default: the runtime's)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal, for more than a handful of images)."),
+    check_inputs: bool = typer.Option(True, "--check-inputs/--no-check-inputs", help="Warn about inputs that do not look like colour dermoscopy."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
 ) -> None:
-    """Classify images with any artifact (probabilities and the card's decision)."""
-    from .data.images import load_image
-    from .errors import ImageError
+    """Classify images with any artifact: probabilities and the card's decision, streamed per batch."""
+    from .predict import PredictInterrupted, run_predict
     from .runtime import load
 
-    predictor = load(artifact, threads=threads)
-    rows, bad = [], 0
-    for p in images:
-        try:
-            img = load_image(p)
-        except ImageError as e:
-            typer.echo(f"skipped: {e}", err=True)
-            bad += 1
-            continue
-        probs, pred = predictor.predict([img], tta=None if tta else False)
-        rows.append({"image": str(p), "decision": predictor.classes[int(pred[0])], "probabilities": dict(zip(predictor.classes, map(float, probs[0])))})
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
-            typer.echo(f"{r['image']}: {r['decision']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in top) + ")")
-    if bad:
-        typer.echo(f"skipped {bad} unreadable image(s)", err=True)
+        if fmt not in (None, "json"):
+            raise EdgedermError(f"--json and --format {fmt} disagree: give one")
+        fmt = "json"
+    if fmt is None:
+        fmt = {".jsonl": "jsonl", ".csv": "csv", ".json": "json"}.get(out.suffix.lower() if out else "", "text")
+    predictor = load(artifact, threads=threads)
+    try:
+        s = run_predict(predictor, images, fmt=fmt, out=out, resume=resume, batch_size=batch_size, workers=workers,
+                        tta=None if tta else False, progress=progress, check_inputs=check_inputs)
+    except PredictInterrupted as e:
+        where = f" in {out}; --resume finishes it" if out else ""
+        typer.echo(f"interrupted: {e.summary.previous + e.summary.written} of {e.summary.total} results{where}", err=True)
+        raise typer.Exit(130)
+    if out is not None:
+        typer.echo(f"wrote {s.written} results to {out}" + (f" ({s.previous} from before)" if s.previous else "")
+                   + f" in {s.seconds:.1f} s ({s.rate:.1f} img/s)", err=True)
+    if s.warned:
+        typer.echo(f"{s.warned} image(s) with input warnings (see above)", err=True)
+    if s.skipped:
+        typer.echo(f"skipped {len(s.skipped)} unreadable image(s)", err=True)
         raise typer.Exit(1)
 
 
@@ -388,6 +396,8 @@ def evaluate_cmd(
     n_boot: int = typer.Option(1000, help="Bootstrap resamples of lesions for the CIs."),
     threads: Optional[int] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the metrics JSON here."),
+    workers: int = typer.Option(2, "--workers", help="Decode threads (0: decode in the main thread)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal)."),
 ) -> None:
     """Evaluate an artifact on a data set: metrics with lesion-level bootstrap CIs."""
     from .data.splits import apply_split, read_split_csv
@@ -403,7 +413,7 @@ def evaluate_cmd(
         if split not in parts:
             raise EdgedermError(f"{split_file} has no split {split!r} (has {sorted(parts)})")
         index = parts[split]
-    result = evaluate(predictor, index, tta=None if tta else False, n_boot=n_boot)
+    result = evaluate(predictor, index, tta=None if tta else False, n_boot=n_boot, workers=workers, progress=progress)
     summary = result.summary()
     if out:
         write_json_atomic(out, summary)

@@ -9,12 +9,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from tqdm.auto import tqdm
-
 from .decision import decide
 from .data.records import DatasetIndex, Record, Skipped
 from .errors import DataError, ImageError
 from .metrics import bootstrap_ci, classification_report
+from .progress import progress_bar
 from .runtime.base import Predictor
 
 log = logging.getLogger(__name__)
@@ -46,13 +45,22 @@ class EvalResult:
         }
 
 
-def _decoded(records: Sequence[Record], predictor: Predictor, kept: list[Record], skipped: list[Skipped]) -> Iterator[Image.Image]:
-    for r in records:
+def _decoded(records: Sequence[Record], predictor: Predictor, kept: list[Record], skipped: list[Skipped],
+             workers: int = 0, bar: Any = None) -> Iterator[Image.Image]:
+    from .predict import ordered_map
+
+    def decode(r: Record) -> Image.Image | ImageError:
         try:
-            img = predictor.load_image(r.ref)
+            return predictor.load_image(r.ref)
         except ImageError as e:
-            skipped.append(Skipped(r.image_id, str(e)))
-            log.warning("skipped: %s", e)
+            return e
+
+    for r, img in zip(records, ordered_map(decode, records, workers, ahead=16 + 2 * workers)):
+        if bar is not None:
+            bar.update(1)
+        if isinstance(img, ImageError):
+            skipped.append(Skipped(r.image_id, str(img)))
+            log.warning("skipped: %s", img)
             continue
         kept.append(r)
         yield img
@@ -65,21 +73,25 @@ def predict_index(
     tta: bool | Sequence[str] | None = None,
     batch_size: int = 16,
     per_member: bool = False,
+    workers: int = 0,
+    progress: bool | None = None,
 ) -> tuple[list[Record], list[Skipped], np.ndarray | list[np.ndarray]]:
-    """Run the predictor over ``index``: (kept records, skipped, probs or per-member probs)."""
+    """Run the predictor over ``index``: (kept records, skipped, probs or per-member probs).
+
+    ``workers``: decode threads (0: decode in this thread). ``progress``: the shared progress bar
+    (None: on a terminal, for more than a handful of images)."""
     predictor.card.check_classes(index.classes, what=f"data set {index.name!r}")
     if len(index) == 0:
         raise DataError(f"data set {index.name!r} has no images to evaluate")
     kept: list[Record] = []
     skipped: list[Skipped] = []
-    images = tqdm(
-        _decoded(index.records, predictor, kept, skipped),
-        total=len(index.records), desc=f"predict {index.name}", unit="img", leave=False, disable=None,
-    )
-    if per_member:
-        out: np.ndarray | list[np.ndarray] = predictor.member_probabilities(images, tta=tta, batch_size=batch_size)
-    else:
-        out = predictor.predict_proba(images, tta=tta, batch_size=batch_size)
+    # Not left on screen: the pipeline predicts several sets in a row and prints its own summary.
+    with progress_bar(len(index.records), f"predict {index.name}", force=progress, leave=False) as bar:
+        images = _decoded(index.records, predictor, kept, skipped, workers, bar)
+        if per_member:
+            out: np.ndarray | list[np.ndarray] = predictor.member_probabilities(images, tta=tta, batch_size=batch_size)
+        else:
+            out = predictor.predict_proba(images, tta=tta, batch_size=batch_size)
     if not kept:
         raise DataError(f"none of the {len(index)} images of {index.name!r} could be read")
     return kept, skipped, out
@@ -126,9 +138,11 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     batch_size: int = 16,
+    workers: int = 0,
+    progress: bool | None = None,
 ) -> EvalResult:
     """Predict every image of ``index`` and score it (unreadable images are skipped and counted)."""
-    kept, skipped, probs = predict_index(predictor, index, tta=tta, batch_size=batch_size)
+    kept, skipped, probs = predict_index(predictor, index, tta=tta, batch_size=batch_size, workers=workers, progress=progress)
     assert isinstance(probs, np.ndarray)
     return score(
         index, kept, probs, predictor.card.decision, n_boot=n_boot, seed=seed, skipped=skipped, views=predictor.views(tta)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from edgederm.errors import DataError
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "map_label",
     "normalize_label",
     "is_malignant",
+    "ISIC2018_COLUMNS",
+    "isic2018_matrix",
 ]
 
 
@@ -300,3 +304,58 @@ def is_malignant(label: str, taxonomy: str | Taxonomy) -> bool:
             f"unknown label '{label}' for taxonomy {t.name}; classes: {', '.join(t.classes)}"
         )
     return label in t.malignant
+
+
+# --- ISIC 2018 Task 3 submission columns -------------------------------------------------------
+
+#: Column order of the ISIC 2018 Task 3 submission / ground-truth CSV (after ``image``).
+ISIC2018_COLUMNS: tuple[str, ...] = HAM7.classes
+
+
+def _taxonomy_of(classes: tuple[str, ...], taxonomy: str | None) -> Taxonomy:
+    """The registered taxonomy with these classes (any order); DataError if none."""
+    if taxonomy:
+        t = get_taxonomy(taxonomy)
+        if set(t.classes) == set(classes):
+            return t
+    for t in TAXONOMIES.values():
+        if set(t.classes) == set(classes):
+            return t
+    raise DataError(
+        f"classes {', '.join(classes)} are not a known taxonomy "
+        f"({', '.join(sorted(TAXONOMIES))}): cannot map them to the ISIC 2018 columns"
+    )
+
+
+def isic2018_matrix(classes: list[str] | tuple[str, ...], taxonomy: str | None = None) -> np.ndarray:
+    """(len(classes), 7) 0/1 matrix: ``probs @ M`` gives the ISIC 2018 Task 3 columns.
+
+    ``classes`` in the artifact's output order; ``taxonomy`` (the card's) is a hint, the class
+    set decides.
+
+    Classes that the mapping merges (ISIC 2019 AK and SCC -> AKIEC) have their probabilities
+    summed. The mapping must be complete both ways: every class of the artifact has an ISIC 2018
+    column (UNK has none) and every column is fed by some class (PH2's three classes leave BCC,
+    AKIEC, BKL, DF, VASC empty). Anything else is refused with one line rather than
+    submitting columns of zeros or silently dropping probability mass.
+    """
+    classes = tuple(classes)
+    src = _taxonomy_of(classes, taxonomy)
+    m = np.zeros((len(classes), len(ISIC2018_COLUMNS)))
+    try:
+        dst = [map_label(c, src, HAM7) for c in classes]
+    except DataError:
+        raise DataError(f"taxonomy {src.name} has no mapping to the ISIC 2018 classes (ham7)") from None
+    unmapped = [c for c, d in zip(classes, dst) if d is None]
+    if unmapped:
+        raise DataError(
+            f"taxonomy {src.name}: class(es) {', '.join(unmapped)} have no ISIC 2018 column"
+        )
+    for i, d in enumerate(dst):
+        m[i, ISIC2018_COLUMNS.index(d)] = 1.0  # type: ignore[arg-type]
+    empty = [c for j, c in enumerate(ISIC2018_COLUMNS) if not m[:, j].any()]
+    if empty:
+        raise DataError(
+            f"taxonomy {src.name} has no class for the ISIC 2018 column(s) {', '.join(empty)}"
+        )
+    return m
