@@ -379,7 +379,8 @@ def predict_cmd(
     if s.warned:
         typer.echo(f"{s.warned} image(s) with input warnings (see above)", err=True)
     if s.skipped:
-        typer.echo(f"skipped {len(s.skipped)} unreadable image(s)", err=True)
+        more = f" (and {len(s.skipped) - 1} more)" if len(s.skipped) > 1 else ""
+        typer.echo(f"skipped {len(s.skipped)} unreadable image(s): {s.skipped[0]}{more}", err=True)
         raise typer.Exit(1)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,10 +25,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # The name is chosen before the file exists (not tempfile.mkstemp): a Ctrl-C/SIGTERM raised
+    # as an exception inside mkstemp, after it created the file, would leave a file whose name we
+    # never learnt (seen: the signal lands right there when it follows an epoch's log line).
+    tmp_path = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield tmp_path
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 & ~umask).
         if tmp_path.exists():
