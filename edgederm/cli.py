@@ -372,6 +372,9 @@ def predict_cmd(
     except PredictInterrupted as e:
         where = f" in {out}; --resume finishes it" if out else ""
         typer.echo(f"interrupted: {e.summary.previous + e.summary.written} of {e.summary.total} results{where}", err=True)
+        from . import interrupt
+
+        interrupt.reported()
         raise typer.Exit(130)
     if out is not None:
         typer.echo(f"wrote {s.written} results to {out}" + (f" ({s.previous} from before)" if s.previous else "")
@@ -525,7 +528,8 @@ def _main(argv: Optional[list[str]], interrupt: Any) -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
         stopped = interrupt.received() or (e if isinstance(e, interrupt.Interrupted) else interrupt.Interrupted(signal.SIGINT))
-        typer.echo(stopped.message, err=True)
+        if not interrupt.was_reported():
+            typer.echo(stopped.message, err=True)
         sys.exit(stopped.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

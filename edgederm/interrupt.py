@@ -42,6 +42,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: Interrupted | None = None
+_reported = False
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -58,8 +59,9 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def handling() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise ``Interrupted`` (main thread only; an inherited
     SIG_IGN stays); the previous handlers come back afterwards."""
-    global _received
+    global _received, _reported
     _received = None
+    _reported = False
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in HANDLED:
@@ -84,3 +86,14 @@ def expected() -> None:
     """The interruption was the command's normal way to stop (``serve-demo``): exit 0, no line."""
     global _received
     _received = None
+
+
+def reported() -> None:
+    """The command already told the user what the interruption left (e.g. ``predict``: "N of M
+    results in FILE"): ``main`` exits 130/143 without a second, generic line."""
+    global _reported
+    _reported = True
+
+
+def was_reported() -> bool:
+    return _reported
