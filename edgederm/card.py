@@ -17,22 +17,22 @@ import json
 import logging
 import math
 import platform
-import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import __version__
-from .errors import CardError, ClassMismatchError, IntegrityError
+from .errors import CardError, ClassMismatchError, IntegrityError, MissingExtraError
+from .formats.table import EMBED_KEY  # noqa: F401  (re-exported: where the card sits inside a file)
 from .fsutil import sha256_file, write_json_atomic
+from .provenance import git_sha
 from .preprocess import SPEC_VERSION, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".card.json"
-EMBED_KEY = "edgederm.card"
 # The card fields that determine what a model predicts. An embedded card and its sidecar must agree
 # on these; ``artifact``, ``metrics``, ``provenance`` and ``history`` legitimately differ (the
 # sidecar is written after the file is hashed, and may gain metrics later).
@@ -43,21 +43,6 @@ DECISION_RULES = ("argmax", "priority_thresholds")
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict[str, Any]:
     return json.loads(resources.files("edgederm").joinpath("card.schema.json").read_text())
-
-
-def git_sha() -> str | None:
-    """The commit of the edgederm checkout in use, if it is one (for provenance)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def provenance(command: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -217,6 +202,26 @@ def read_sidecar(artifact_path: str | Path) -> ArtifactCard | None:
     return ArtifactCard.from_json(side.read_text(encoding="utf-8"), source=str(side))
 
 
+def read_embedded_card(path: str | Path) -> ArtifactCard | None:
+    """The card embedded in an artifact (None: its format embeds none, or it has none)."""
+    from .formats.table import format_for, read_card_text
+
+    p = Path(path)
+    fmt = format_for(p)
+    if fmt.metadata is not None and not fmt.runtime_available():
+        raise MissingExtraError(fmt.extra or fmt.name, fmt.module or fmt.name, f"{fmt.name} artifacts")
+    text = read_card_text(p)
+    return None if text is None else ArtifactCard.from_json(text, source=f"{p} (embedded)")
+
+
+def embed_card(path: str | Path, card: ArtifactCard) -> None:
+    """Write ``card`` inside the artifact (replacing an older one), atomically; one-line error for
+    a format that embeds none (TensorRT engines: the sidecar is their card)."""
+    from .formats.table import write_card_text
+
+    write_card_text(path, card.to_json())
+
+
 def load_card(path: str | Path) -> ArtifactCard:
     """A card from a ``.card.json`` file, or the card of an artifact (embedded, else sidecar).
 
@@ -229,8 +234,6 @@ def load_card(path: str | Path) -> ArtifactCard:
         raise CardError(f"{p}: no such file")
     if p.name.endswith(".json"):
         return ArtifactCard.from_json(p.read_text(encoding="utf-8"), source=str(p))
-    from .runtime import read_embedded_card  # late: the runtime registry knows every format
-
     side = read_sidecar(p)
     if side is not None:
         # Before parsing: a truncated or edited file is reported as modified, not as unreadable.

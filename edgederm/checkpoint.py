@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from .card import ArtifactCard
-from .errors import CardError, EdgedermError
+from .errors import CardError
 from .fsutil import atomic_path
 
-FORMAT = "edgederm.checkpoint"
-FORMAT_VERSION = 1
+from .formats.torch.metadata import FORMAT, FORMAT_VERSION, read_payload
 
 
 @dataclass
@@ -67,16 +66,7 @@ def save_checkpoint(path: str | Path, members: list[Member], card: ArtifactCard)
 
 def load_checkpoint(path: str | Path) -> tuple[list[Member], ArtifactCard]:
     path = Path(path)
-    if not path.exists():
-        raise EdgedermError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, non-edgederm objects
-        raise EdgedermError(f"{path}: cannot be read as an edgederm checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise EdgedermError(f"{path}: not an edgederm checkpoint (no '{FORMAT}' header)")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
-        raise EdgedermError(f"{path}: checkpoint format {payload['format_version']} is newer than this edgederm; upgrade")
+    payload = read_payload(path)
     card = ArtifactCard.from_json(payload["card"], source=str(path))
     members = [
         Member(m["name"], int(m["num_classes"]), json.loads(m["kwargs"]), m["state_dict"]) for m in payload["members"]

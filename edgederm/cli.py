@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, List, Optional
 import typer
 
 from .errors import EdgedermError
+from .provenance import record_command
 
 log = logging.getLogger("edgederm")
 
@@ -207,7 +207,7 @@ def train_cmd(
             cfg = dataclasses.replace(cfg, seeds=[int(s) for s in seeds.split(",") if s.strip()])
         except ValueError:
             raise EdgedermError(f"--seeds takes integers separated by commas, got {seeds!r}") from None
-    os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+    record_command()
     run_dir = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 scores the ensemble and reports
@@ -248,7 +248,7 @@ def run_cmd(
     """
     from .pipeline import run_pipeline
 
-    os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+    record_command()
     md = run_pipeline(recipe, data=data, out=out, name=name, force=force, threads=threads, until=until)
     if not md.exists():
         typer.echo(f"stopped after --until {until}")

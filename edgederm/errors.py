@@ -7,6 +7,8 @@ showing a traceback. Library callers can catch it like any exception.
 
 from __future__ import annotations
 
+import re
+
 
 class EdgedermError(Exception):
     """An error with a one-line, actionable message for the user."""
@@ -49,3 +51,20 @@ class MissingExtraError(EdgedermError):
         )
         self.extra = extra
         self.package = package
+
+
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """One informative line of a runtime's exception message (for one-line user errors).
+
+    OpenVINO prefixes the reason with source locations ("Exception from src/...", "Check '...'
+    failed at ..."); ONNX Runtime with "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model
+    from PATH failed:". Both are dropped so the reason itself remains.
+    """
+    text = str(e).strip()
+    m = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : (?:Load model from .*? failed:)?\s*(.*)", text, re.S)
+    if m:
+        text = f"{m.group(1)}: {m.group(2)}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    line = (useful or lines or [type(e).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

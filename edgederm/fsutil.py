@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,3 +70,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def jsonable(obj: Any, *, nonfinite_to_null: bool = False) -> Any:
+    """``obj`` as plain JSON values: numpy scalars and arrays to Python, paths to strings, tuples to
+    lists, unknown objects to their ``str``; ``nonfinite_to_null`` writes NaN/Inf as null (strict
+    JSON) instead of Python's ``NaN`` extension."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v, nonfinite_to_null=nonfinite_to_null) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v, nonfinite_to_null=nonfinite_to_null) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays and scalars
+        return jsonable(obj.tolist(), nonfinite_to_null=nonfinite_to_null)
+    if isinstance(obj, float):
+        return None if nonfinite_to_null and not math.isfinite(obj) else obj
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

@@ -36,13 +36,14 @@ from typing import Any, Callable, Sequence
 
 from .errors import EdgedermError
 from .fsutil import sha256_file, write_json_atomic
+from .provenance import record_command
+
+from .pipeline_report import EVAL_DIR, REPORT_DIR, report_items, slug, write_pipeline_report  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "distill", "export", "evaluate", "bench", "report")
 STATE_FILE = "pipeline.json"
-REPORT_DIR = "pipeline-report"
-EVAL_DIR = "pipeline-eval"
 
 # The pipeline's defaults for each section; a recipe's ``pipeline:`` entries replace them key by key.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -294,7 +295,7 @@ def _train(ctx: _Ctx, *, force: bool) -> StageResult:
         ctx.run_dir.rename(aside)
         log.info("%s changed: the old run moved to %s", why, aside)
     resume = ctx.run_dir.joinpath("members").exists()  # an interrupted run continues from its last epoch
-    os.environ.setdefault("EDGEDERM_COMMAND", f"edgederm run {cfg.name}")
+    record_command(f"edgederm run {cfg.name}")
     try:
         train(cfg, resume=resume)
     except BaseException as e:
@@ -359,28 +360,6 @@ def _export(ctx: _Ctx, state: State) -> StageResult:
     return StageResult("export", "ran", secs, ", ".join(f"{n} {s}" for s, n in counts.items()))
 
 
-def _export_results(ctx: _Ctx) -> list[dict[str, Any]]:
-    p = ctx.export_dir / "summary.json"
-    if not p.exists():
-        return []
-    return list(json.loads(p.read_text(encoding="utf-8")).get("results", []))
-
-
-def _items(ctx: _Ctx) -> list[tuple[str, Path]]:
-    """(label, path) of every model the report covers: the ensemble, the student, the kept artifacts."""
-    items = [("ensemble (PyTorch)", ctx.teacher)]
-    if ctx.student_dir is not None:
-        items.append(("student (PyTorch)", ctx.deployable))
-    for r in _export_results(ctx):
-        if r["status"] == "pass" and r.get("path") and Path(r["path"]).exists():
-            items.append((r["target"], Path(r["path"])))
-    return items
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in label.split(" (")[0])
-
-
 def _evaluate(ctx: _Ctx, state: State) -> StageResult:
     from .data.splits import apply_split, read_split_csv
     from .evaluate import evaluate
@@ -389,7 +368,7 @@ def _evaluate(ctx: _Ctx, state: State) -> StageResult:
 
     split = ctx.pcfg.evaluate["split"]
     split_file = ctx.run_dir / "split.csv"
-    items = _items(ctx)
+    items = report_items(ctx)
     key = _digest({"items": [(lab, sha256_file(p)) for lab, p in items], "split": sha256_file(split_file),
                    "which": split, "n_boot": ctx.cfg.n_boot})
     ctx.keys["evaluate"] = key
@@ -404,9 +383,9 @@ def _evaluate(ctx: _Ctx, state: State) -> StageResult:
         # Exactly `edgederm evaluate PATH --split-file RUN/split.csv --split test` (seed 0, the card's TTA).
         res = evaluate(load(path, threads=ctx.threads), part, n_boot=ctx.cfg.n_boot)
         summary = {**res.summary(), "label": label, "artifact": str(path), "sha256": sha256_file(path), "split": split}
-        f = out / f"{_slug(label)}.json"
+        f = out / f"{slug(label)}.json"
         write_json_atomic(f, summary)
-        _save_predictions(out / f"{_slug(label)}.npz", res)
+        _save_predictions(out / f"{slug(label)}.npz", res)
         written.append(f)
     secs = time.perf_counter() - t0
     state.record("evaluate", status="done", key=key, outputs=state.outputs(written), seconds=secs)
@@ -427,7 +406,7 @@ def _bench(ctx: _Ctx, state: State) -> StageResult:
     from .bench.targets import Settings
 
     b = ctx.pcfg.bench
-    arts = [p for lab, p in _items(ctx) if lab not in ("ensemble (PyTorch)", "student (PyTorch)")]
+    arts = [p for lab, p in report_items(ctx) if lab not in ("ensemble (PyTorch)", "student (PyTorch)")]
     if b.get("teacher", True):
         arts.append(ctx.teacher)
     if not arts:
@@ -459,7 +438,6 @@ def _report(ctx: _Ctx, state: State) -> StageResult:
     if state.up_to_date("report", key):
         return StageResult("report", "skipped", 0.0, "up to date")
     t0 = time.perf_counter()
-    from .pipeline_report import write_pipeline_report
 
     paths = write_pipeline_report(ctx, state)
     secs = time.perf_counter() - t0

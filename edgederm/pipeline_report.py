@@ -22,9 +22,37 @@ from .fsutil import write_json_atomic, write_text_atomic
 if TYPE_CHECKING:
     from .pipeline import State, _Ctx
 
+REPORT_DIR = "pipeline-report"
+EVAL_DIR = "pipeline-eval"
+
 log = logging.getLogger(__name__)
 
 Block = tuple  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", title, rel) | ("pre", text)
+
+
+def export_results(ctx: "_Ctx") -> list[dict[str, Any]]:
+    """The export stage's per-target results (its summary.json), or [] before it ran."""
+    p = ctx.export_dir / "summary.json"
+    if not p.exists():
+        return []
+    return list(json.loads(p.read_text(encoding="utf-8")).get("results", []))
+
+
+def report_items(ctx: "_Ctx") -> list[tuple[str, Path]]:
+    """(label, path) of every model the report covers: the ensemble, the student, the kept artifacts."""
+    items = [("ensemble (PyTorch)", ctx.teacher)]
+    if ctx.student_dir is not None:
+        items.append(("student (PyTorch)", ctx.deployable))
+    for r in export_results(ctx):
+        if r["status"] == "pass" and r.get("path") and Path(r["path"]).exists():
+            items.append((r["target"], Path(r["path"])))
+    return items
+
+
+def slug(label: str) -> str:
+    """A file name for a report item's label."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in label.split(" (")[0])
+
 
 
 def ci_text(entry: dict[str, Any] | None) -> str:
@@ -57,13 +85,12 @@ def _bench_by_sha(bench_dir: Path) -> dict[str, dict[str, Any]]:
 
 def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
     """One row per model: identity, export gate, test metrics, latency — all from the stages' files."""
-    from .pipeline import EVAL_DIR, _export_results, _items, _slug
 
-    gate = {r["target"]: r for r in _export_results(ctx)}
+    gate = {r["target"]: r for r in export_results(ctx)}
     bench = _bench_by_sha(ctx.run_dir / "bench")
     rows: list[dict[str, Any]] = []
-    for label, path in _items(ctx):
-        ev_file = ctx.run_dir / EVAL_DIR / f"{_slug(label)}.json"
+    for label, path in report_items(ctx):
+        ev_file = ctx.run_dir / EVAL_DIR / f"{slug(label)}.json"
         ev = json.loads(ev_file.read_text(encoding="utf-8")) if ev_file.exists() else None
         sha = ev["sha256"] if ev else None
         g = gate.get(label, {})
@@ -92,13 +119,12 @@ def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
 
 
 def _plots(ctx: "_Ctx", out: Path, blocks: list[Block]) -> None:
-    from .pipeline import EVAL_DIR, _slug
     from .report import plot_confusion, plot_roc
 
     classes = None
     for label in ("ensemble (PyTorch)", "student (PyTorch)"):
-        npz = ctx.run_dir / EVAL_DIR / f"{_slug(label)}.npz"
-        ev = ctx.run_dir / EVAL_DIR / f"{_slug(label)}.json"
+        npz = ctx.run_dir / EVAL_DIR / f"{slug(label)}.npz"
+        ev = ctx.run_dir / EVAL_DIR / f"{slug(label)}.json"
         if not npz.exists() or not ev.exists():
             continue
         if classes is None:
@@ -107,10 +133,10 @@ def _plots(ctx: "_Ctx", out: Path, blocks: list[Block]) -> None:
             classes = list(load_card(ctx.teacher).classes)
         d = np.load(npz)
         split = json.loads(ev.read_text(encoding="utf-8")).get("split", "test")
-        slug = _slug(label)
-        c = plot_confusion(d["y_true"], d["y_pred"], classes, out / "plots" / f"confusion-{slug}.png",
+        name = slug(label)
+        c = plot_confusion(d["y_true"], d["y_pred"], classes, out / "plots" / f"confusion-{name}.png",
                            title=f"{label}: confusion on {split} (decision rule of its card)")
-        r = plot_roc(d["y_true"], d["probs"], classes, out / "plots" / f"roc-{slug}.png", title=f"{label}: ROC on {split}")
+        r = plot_roc(d["y_true"], d["probs"], classes, out / "plots" / f"roc-{name}.png", title=f"{label}: ROC on {split}")
         blocks += [("img", f"{label} — confusion matrix ({split})", c.relative_to(out)),
                    ("img", f"{label} — ROC ({split})", r.relative_to(out))]
 
@@ -137,7 +163,6 @@ def write_pipeline_report(ctx: "_Ctx", state: "State") -> dict[str, Path]:
     """Write ``RUN/pipeline-report/{report.md, report.html, results.json, plots/}``."""
     from .bench.report import write_report as write_bench_report
     from .card import load_card
-    from .pipeline import REPORT_DIR, _export_results
 
     out = ctx.run_dir / REPORT_DIR
     (out / "plots").mkdir(parents=True, exist_ok=True)
@@ -208,7 +233,7 @@ def write_pipeline_report(ctx: "_Ctx", state: "State") -> dict[str, Path]:
         f"edgederm bench {ctx.export_dir} {ctx.teacher} --target local --out {bench_dir}"
         + "".join(f" --threads {t}" for t in sorted({(r['bench'] or {}).get('threads') for r in rows} - {None})),
     ]))]
-    skipped = [r for r in _export_results(ctx) if r["status"] != "pass"]
+    skipped = [r for r in export_results(ctx) if r["status"] != "pass"]
     if skipped:
         blocks += [("h2", "Targets not kept"), ("table", ["target", "status", "reason"],
                                                  [[r["target"], r["status"], str(r.get("reason") or "")[:200]] for r in skipped])]

@@ -33,6 +33,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .numerics import log_softmax
+
 from edgederm.errors import DataError, EdgedermError
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,6 @@ def bacc_weights(val_baccs: Sequence[float]) -> list[float]:
     return [b / total for b in floored]
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def _check_members(member_logits: Sequence[Any], n_classes: int | None = None) -> list[np.ndarray]:
     if isinstance(member_logits, np.ndarray) and member_logits.ndim == 2:
         raise DataError("member_logits must be a list of (N, C) arrays, one per member")
@@ -98,7 +95,7 @@ def stacking_features(member_logits: Sequence[Any], input: str = "log_probs") ->
         raise EdgedermError(f"unknown stacking input {input!r}; choose one of {list(INPUTS)}")
     arrays = _check_members(member_logits)
     if input == "log_probs":
-        arrays = [_log_softmax(a) for a in arrays]
+        arrays = [log_softmax(a) for a in arrays]
     return np.concatenate(arrays, axis=1)
 
 
@@ -198,7 +195,7 @@ def apply_stacking(member_logits: Sequence[Any], params: Mapping[str, Any]) -> n
             f"expected {(C, M * C)} / {(C,)}"
         )
     X = stacking_features(member_logits, str(params.get("input", "log_probs")))
-    return np.exp(_log_softmax(X @ coef.T + intercept))
+    return np.exp(log_softmax(X @ coef.T + intercept))
 
 
 def cross_fitted_predictions(
@@ -247,5 +244,5 @@ def cross_fitted_predictions(
         coef, intercept = _fit(
             X[tr], yy[tr], C, float(C_reg), class_weight, max_iter, f"cross-fitting fold {i + 1}/{k}"
         )
-        out[te] = np.exp(_log_softmax(X[te] @ coef.T + intercept))
+        out[te] = np.exp(log_softmax(X[te] @ coef.T + intercept))
     return out

@@ -59,6 +59,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from edgederm.decision import decide
+from edgederm.numerics import softmax
 from edgederm.errors import EdgedermError
 from edgederm.metrics import (
     _check_classes,
@@ -413,10 +414,7 @@ _CHUNK = 256
 def _soft_argmax(probs: np.ndarray, width: float) -> np.ndarray:
     """A continuous stand-in for one-hot(argmax): softmax of the probabilities at temperature
     ``width / 4`` (rows whose top two differ by more than the smoothing width are ~one-hot)."""
-    z = probs / max(width / 4.0, 1e-12)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(probs / max(width / 4.0, 1e-12))
 
 
 class _Search:

@@ -74,9 +74,9 @@ def golden(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgederm.checkpoint import load_checkpoint
     from edgederm.data.images import load_image
     from edgederm.demo.golden import write_golden
-    from edgederm.export.tflite import export_tflite
+    from edgederm.formats.tflite.export import export_tflite
     from edgederm.runtime import load
-    from edgederm.runtime.tflite_backend import embed_tflite_card
+    from edgederm.card import embed_card
     from helpers import tiny_checkpoint
 
     images = _images(data_root)
@@ -89,7 +89,7 @@ def golden(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_tflite(model, torch.zeros(1, 3, SIZE, SIZE), path)
     card.tta = {"views": list(VIEWS)}
     card.describe_artifact(path, fmt="tflite", precision="fp32")
-    embed_tflite_card(path, card)
+    embed_card(path, card)
 
     # Thresholds from the runtime's own probabilities: MEL fires on one image, AKIEC (second in
     # priority) on another, the third falls back to argmax.
@@ -101,7 +101,7 @@ def golden(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     t_akiec = float(probs[rest[:2], akiec].mean())
     card.decision = {"rule": "priority_thresholds", "thresholds": {"MEL": t_mel, "AKIEC": t_akiec},
                      "priority": ["MEL", "AKIEC"], "fallback_fired": None}
-    embed_tflite_card(path, card)
+    embed_card(path, card)
     out = tmp_path_factory.mktemp("golden")
     write_golden(path, images, out)
     return out

@@ -42,7 +42,7 @@ from edgederm.export.gate import (  # noqa: E402
     run_gate,
 )
 from edgederm.export.run import export_run  # noqa: E402
-from edgederm.export.onnx import fp16_storage_graph  # noqa: E402
+from edgederm.formats.onnx.export import fp16_storage_graph  # noqa: E402
 from edgederm.export.run import _write_card  # noqa: E402
 from edgederm.runtime import load  # noqa: E402
 

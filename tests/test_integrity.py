@@ -119,12 +119,12 @@ def test_appended_byte_is_refused(onnx_art: Path, capsys: pytest.CaptureFixture[
 
 def test_reembedded_card_is_refused(onnx_art: Path) -> None:
     """The embedded card edited after export (two classes swapped) while the sidecar is old."""
-    from edgederm.runtime.onnx_backend import embed_onnx_card, read_onnx_card
+    from edgederm.card import embed_card, read_embedded_card
 
-    edited = read_onnx_card(onnx_art)
+    edited = read_embedded_card(onnx_art)
     assert edited is not None
     edited.classes = ["NV", "MEL", *HAM7[2:]]
-    embed_onnx_card(onnx_art, edited)
+    embed_card(onnx_art, edited)
     with pytest.raises(IntegrityError) as e:  # the file changed: the hash catches it first
         load(onnx_art)
     one_line(e)
@@ -171,15 +171,15 @@ def test_copy_renamed_with_its_sidecar_still_verifies(onnx_art: Path) -> None:
 def test_no_recorded_hash_means_no_check(onnx_art: Path) -> None:
     """A sidecar without ``artifact.sha256`` (like the one the export writes before hashing, which
     the gate loads) verifies nothing; the cards must still agree."""
-    from edgederm.runtime.onnx_backend import embed_onnx_card, read_onnx_card
+    from edgederm.card import embed_card, read_embedded_card
 
     side = json.loads(sidecar_path(onnx_art).read_text())
     del side["artifact"]["sha256"]
     write_json_atomic(sidecar_path(onnx_art), side)
-    card = read_onnx_card(onnx_art)
+    card = read_embedded_card(onnx_art)
     assert card is not None
     card.name = "renamed"  # the file changes, no prediction field does
-    embed_onnx_card(onnx_art, card)
+    embed_card(onnx_art, card)
     assert load(onnx_art).card.name == "renamed"
 
 
@@ -245,7 +245,7 @@ def test_onnx_runtime_refusal_is_one_line(tmp_path: Path) -> None:
 def tflite_master(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed: pip install 'edgederm[tflite]'")
     pytest.importorskip("litert_torch", reason="litert-torch is not installed: pip install 'edgederm[tflite]'")
-    from edgederm.export.tflite import export_tflite
+    from edgederm.formats.tflite.export import export_tflite
 
     _, model, card = tiny
     path = tmp_path_factory.mktemp("tflite") / "model.tflite"

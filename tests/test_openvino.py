@@ -18,9 +18,10 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install '
 from edgederm.card import ArtifactCard, load_card, sidecar_path  # noqa: E402
 from edgederm.checkpoint import load_checkpoint  # noqa: E402
 from edgederm.errors import EdgedermError, MissingExtraError  # noqa: E402
-from edgederm.export.openvino import compute_op_precision, export_openvino, quantize_openvino  # noqa: E402
+from edgederm.formats.openvino.export import compute_op_precision, export_openvino, quantize_openvino  # noqa: E402
 from edgederm.runtime import load  # noqa: E402
-from edgederm.runtime.openvino_backend import embed_openvino_card, ir_bin_path, read_openvino_card  # noqa: E402
+from edgederm.card import embed_card, read_embedded_card  # noqa: E402
+from edgederm.formats.openvino.metadata import ir_bin_path  # noqa: E402
 
 from helpers import HAM7, tiny_checkpoint, natural_images  # noqa: E402
 
@@ -45,7 +46,7 @@ def _finish(path: Path, card: ArtifactCard, precision: str) -> ArtifactCard:
     """What the export driver does: describe, embed the card, no sidecar (the embedded one must do)."""
     c = card.copy()
     c.describe_artifact(path, fmt="openvino", precision=precision)
-    embed_openvino_card(path, c)
+    embed_card(path, c)
     assert not sidecar_path(path).exists()
     return c
 
@@ -186,15 +187,15 @@ def test_embed_replaces_card_keeps_weights_and_leaves_no_temp_files(tiny, tmp_pa
     _, model, card = tiny
     xml = tmp_path / "m.xml"
     export_openvino(model, torch.zeros(1, 3, SIZE, SIZE), xml, compress_to_fp16=False)
-    assert read_openvino_card(xml) is None
+    assert read_embedded_card(xml) is None
     bin_size = ir_bin_path(xml).stat().st_size
     x = card.preprocessing.batch(natural_images(3))
     c = card.copy()
     _finish(xml, c, "fp32")
     before = load(xml).forward(x)
     c.name = "renamed"
-    embed_openvino_card(xml, c)
-    assert read_openvino_card(xml).name == "renamed"
+    embed_card(xml, c)
+    assert read_embedded_card(xml).name == "renamed"
     # Re-embedding must not recompress FP32 weights to FP16 (OpenVINO's save default).
     assert ir_bin_path(xml).stat().st_size == bin_size
     np.testing.assert_array_equal(load(xml).forward(x), before)

@@ -19,7 +19,7 @@ from helpers import HAM7, rgb_images, tiny_checkpoint
 def _export_onnx(ckpt: Path, out: Path) -> Path:
     """Export member 0 with torch.onnx (legacy exporter) and embed the card."""
     pytest.importorskip("onnxruntime")
-    from edgederm.runtime.onnx_backend import embed_onnx_card
+    from edgederm.card import embed_card
 
     members, card = load_checkpoint(ckpt)
     model = members[0].build()
@@ -27,7 +27,7 @@ def _export_onnx(ckpt: Path, out: Path) -> Path:
     torch.onnx.export(model, torch.zeros(1, 3, *size), str(out), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
     card.describe_artifact(out, fmt="onnx", precision="fp32")  # format/precision for the embedded card
-    embed_onnx_card(out, card)
+    embed_card(out, card)
     # As the export does: hash the file after embedding (the runtime verifies the sidecar's hash).
     card.describe_artifact(out, fmt="onnx", precision="fp32")
     card.write_sidecar(out)

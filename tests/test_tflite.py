@@ -19,9 +19,10 @@ pytest.importorskip("litert_torch", reason="litert-torch is not installed: pip i
 from edgederm.card import EMBED_KEY, ArtifactCard, load_card, sidecar_path  # noqa: E402
 from edgederm.checkpoint import load_checkpoint  # noqa: E402
 from edgederm.errors import CardError, EdgedermError, MissingExtraError  # noqa: E402
-from edgederm.export.tflite import export_tflite  # noqa: E402
+from edgederm.formats.tflite.export import export_tflite  # noqa: E402
 from edgederm.runtime import load  # noqa: E402
-from edgederm.runtime.tflite_backend import TFLitePredictor, embed_tflite_card, read_tflite_card  # noqa: E402
+from edgederm.card import embed_card, read_embedded_card  # noqa: E402
+from edgederm.formats.tflite.runtime import TFLitePredictor  # noqa: E402
 
 from helpers import HAM7, tiny_card, tiny_checkpoint, natural_images  # noqa: E402
 
@@ -59,7 +60,7 @@ def _finish(path: Path, card: ArtifactCard, precision: str) -> ArtifactCard:
     """What the export driver does: describe and embed the card; no sidecar (embedded must do)."""
     c = card.copy()
     c.describe_artifact(path, fmt="tflite", precision=precision)
-    embed_tflite_card(path, c)
+    embed_card(path, c)
     assert not sidecar_path(path).exists()
     return c
 
@@ -78,7 +79,7 @@ def test_fp32_roundtrip_and_embedded_card(tiny, fp32_file, tmp_path: Path) -> No
     path.write_bytes(src.read_bytes())
     assert info["precision"] == "fp32" and info["input"] == {"dtype": "float32", "shape": [1, 3, SIZE, SIZE]}
     before = _metadata_names(path)
-    assert read_tflite_card(path) is None
+    assert read_embedded_card(path) is None
     _finish(path, card, "fp32")
     assert _metadata_names(path) == before + [EMBED_KEY]  # the converter's own entries are kept
     back = load_card(path)
@@ -93,8 +94,8 @@ def test_fp32_roundtrip_and_embedded_card(tiny, fp32_file, tmp_path: Path) -> No
     # Re-embedding replaces the card instead of adding a second one; the model is unchanged.
     c = back.copy()
     c.name = "renamed"
-    embed_tflite_card(path, c)
-    assert _metadata_names(path).count(EMBED_KEY) == 1 and read_tflite_card(path).name == "renamed"
+    embed_card(path, c)
+    assert _metadata_names(path).count(EMBED_KEY) == 1 and read_embedded_card(path).name == "renamed"
     np.testing.assert_array_equal(load(path).predict_proba(imgs, batch_size=5), p_tfl)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]  # atomic: no temp files left
 
@@ -160,7 +161,7 @@ def test_fixed_batch_model_runs_in_chunks(tmp_path: Path, caplog: pytest.LogCapt
     card = tiny_card(size=SIZE)
     _finish(path, card, "fp32")
     x = card.preprocessing.batch(natural_images(5, seed=2))
-    with caplog.at_level("INFO", logger="edgederm.runtime.tflite_backend"):
+    with caplog.at_level("INFO", logger="edgederm.formats.tflite.runtime"):
         out = load(path).forward(x)
     assert "running in chunks" in caplog.text
     with torch.no_grad():

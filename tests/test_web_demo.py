@@ -43,7 +43,7 @@ from edgederm.demo.serve import NPM_INSTALL, demo_card, find_ort_dist, make_serv
 from edgederm.errors import EdgedermError
 from edgederm.preprocess import PreprocessSpec, decode_size
 from edgederm.runtime import load
-from edgederm.runtime.onnx_backend import embed_onnx_card
+from edgederm.card import embed_card
 
 from helpers import HAM7, rgb_images, tiny_checkpoint
 
@@ -104,7 +104,7 @@ def _export(ckpt: Path, out: Path) -> Path:
     card.preprocessing = SPEC
     card.tta = {"views": VIEWS}
     card.describe_artifact(out, fmt="onnx", precision="fp32")
-    embed_onnx_card(out, card)
+    embed_card(out, card)
     return out
 
 
@@ -146,7 +146,7 @@ def test_web_demo_matches_python_runtime(tmp_path: Path, data_root: Path, ort_di
     card = load_card(art)
     card.decision = {"rule": "priority_thresholds", "priority": ["MEL", "AKIEC"],
                      "thresholds": {"MEL": float((mel[0] + mel[1]) / 2), "AKIEC": 0.99}}
-    embed_onnx_card(art, card)
+    embed_card(art, card)
     pred = load(art, threads=1)
     d_runtime = pred.decide(p_runtime)
     assert (d_runtime != p_runtime.argmax(1)).any(), "the threshold should change a decision"

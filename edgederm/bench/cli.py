@@ -7,9 +7,6 @@ dropped mid-run (the results already measured stay in results.jsonl).
 
 from __future__ import annotations
 
-import os
-import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -70,7 +67,9 @@ def register(app: typer.Typer) -> None:
         from .harness import run_bench
         from .targets import Settings
 
-        os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+        from ..provenance import record_command
+
+        record_command()
         th = _ints(threads, "--threads")
         settings = Settings(threads=th or [None], batches=_ints(batch, "--batch") or [1], warmup=warmup, runs=runs,
                             min_time_s=min_time, max_time_s=max_time, e2e_runs=e2e_runs,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import shlex
 import sys
 import tempfile
@@ -27,7 +26,9 @@ log = logging.getLogger(__name__)
 
 def bench_command() -> str:
     """The command line that started this bench (``edgederm bench ...`` when run from the CLI)."""
-    return os.environ.get("EDGEDERM_COMMAND") or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    from ..provenance import command
+
+    return command() or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def torch_baselines(artifacts: list[Artifact]) -> list[Path]:

@@ -42,9 +42,6 @@ from .runner import current_rss_bytes, peak_rss_bytes, summarize, timed_runs
 log = logging.getLogger(__name__)
 
 RESULT_MARKER = "EDGEDERM_BENCH_RESULT "
-# What each runtime backend of edgederm.runtime is called in results.
-RUNTIME_NAMES = {"torch": "pytorch-eager", "onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert",
-                 "tensorrt": "tensorrt"}
 
 
 @dataclass
@@ -90,36 +87,19 @@ def synthetic_jpeg(path: str | Path, size: tuple[int, int] = (600, 450), seed: i
     return path
 
 
-def ensure_backend(name: str) -> None:
-    """Register a backend that lives outside ``edgederm.runtime`` (TensorRT engines are run by the
-    export package's backend) before it is looked up."""
-    from ..runtime.registry import BACKENDS
-
-    if name == "tensorrt" and name not in BACKENDS:
-        importlib.import_module("edgederm.export.tensorrt")
-
-
-# Modules each backend needs before it can load an artifact (the runtime, the card reader, the
-# model registry for checkpoints): imported first and timed as ``import_ms``, so that ``load_ms``
-# is the artifact's own cold start, comparable between runtimes.
-_PRELOAD = {
-    "onnx": ("onnxruntime", "onnx"),
-    "openvino": ("openvino",),
-    "tflite": ("ai_edge_litert.interpreter", "ai_edge_litert.schema_py_generated"),
-    "torch": ("torch", "edgederm.checkpoint", "edgederm.models"),
-    "tensorrt": ("tensorrt", "torch"),
-}
-
-
 def _import_runtime(backend: str) -> float:
-    """Import what the backend needs; milliseconds it took."""
-    from ..runtime.registry import BACKENDS
+    """Import what the backend needs first (its runtime, its card reader, the model registry for
+    checkpoints: the row's ``preload`` in the formats table), timed as ``import_ms``, so that
+    ``load_ms`` is the artifact's own cold start, comparable between runtimes. Milliseconds."""
+    from ..formats.table import FORMATS
 
-    modules = _PRELOAD.get(backend) or ((BACKENDS[backend].module,) if BACKENDS[backend].module else ())
+    fmt = FORMATS.get(backend)
+    modules = (fmt.preload or ((fmt.module,) if fmt.module else ())) if fmt is not None else ()
     t0 = time.perf_counter()
     for m in modules:
         importlib.import_module(m)
     return (time.perf_counter() - t0) * 1e3
+
 
 
 def measure_local(job: LocalJob) -> dict[str, Any]:
@@ -128,7 +108,6 @@ def measure_local(job: LocalJob) -> dict[str, Any]:
     from .env import local_environment
 
     rss_start = current_rss_bytes()
-    ensure_backend(job.backend)
     import_ms = _import_runtime(job.backend)
     options = dict(job.options)
     if job.threads:
@@ -193,7 +172,10 @@ def count_flops(path: str | Path, card: Any | None = None) -> dict[str, Any] | N
     """
     p = Path(path)
     source = None
-    if p.suffix in (".pt", ".pth", ".ckpt"):
+    from ..formats.table import find_format
+
+    fmt = find_format(p)
+    if fmt is not None and fmt.name == "torch":
         source = p
     elif card is not None:
         ck = ((card.artifact or {}).get("source") or {}).get("checkpoint")
@@ -204,7 +186,7 @@ def count_flops(path: str | Path, card: Any | None = None) -> dict[str, Any] | N
             return _torch_flops(source, card if source != p else None)
         except Exception as e:  # a checkpoint that cannot be rebuilt here: fall back to the graph
             log.info("FLOP count from %s failed (%s); trying the artifact's graph", source, e)
-    if p.suffix == ".onnx":
+    if fmt is not None and fmt.name == "onnx":
         try:
             return onnx_flops(p)
         except Exception as e:

@@ -37,13 +37,13 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..errors import EdgedermError
-from .measure import RESULT_MARKER, RUNTIME_NAMES, LocalJob
+from ..formats.table import FORMATS, artifact_suffixes, format_for, is_artifact
+from .measure import RESULT_MARKER, LocalJob
 from .runner import cpu_from_parts, peak_gflops
 
 log = logging.getLogger(__name__)
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
-ARTIFACT_SUFFIXES = (".onnx", ".xml", ".tflite", ".engine", ".plan", ".pt", ".pth", ".ckpt")
 
 
 class JobError(EdgedermError):
@@ -75,15 +75,13 @@ class Artifact:
 
 
 def backend_name_for(path: Path) -> str:
-    from ..runtime.registry import BACKENDS, backend_for
-    from .measure import ensure_backend
+    return format_for(path).name
 
-    if path.suffix in (".engine", ".plan") and "tensorrt" not in BACKENDS:
-        try:
-            ensure_backend("tensorrt")
-        except ImportError:
-            return "tensorrt"
-    return backend_for(path).name
+
+def runtime_name(backend: str) -> str:
+    """What a backend's runtime is called in results (the formats table's ``label``)."""
+    fmt = FORMATS.get(backend)
+    return fmt.label if fmt is not None else backend
 
 
 def card_accuracy(card: Any) -> dict[str, Any] | None:
@@ -119,7 +117,7 @@ def load_artifact(path: str | Path, *, count_flops: bool = True) -> Artifact:
     if not p.is_file():
         raise EdgedermError(f"artifact not found: {p}")
     backend = backend_name_for(p)
-    companions = [p.with_suffix(".bin")] if p.suffix == ".xml" and p.with_suffix(".bin").exists() else []
+    companions = format_for(p).companion_files(p)
     card = None
     try:
         card = load_card(p)
@@ -135,7 +133,7 @@ def load_artifact(path: str | Path, *, count_flops: bool = True) -> Artifact:
         "path": str(p.resolve()),
         "file": p.name,
         "label": _label(p, card),
-        "format": art.get("format") or RUNTIME_NAMES.get(backend, backend),
+        "format": art.get("format") or runtime_name(backend),
         "precision": art.get("precision") or ("fp32" if backend == "torch" else None),
         "recipe": art.get("recipe"),
         "export_target": art.get("target"),
@@ -157,7 +155,7 @@ def _label(p: Path, card: Any) -> str:
     art = (card.artifact or {}) if card is not None else {}
     if art.get("target"):
         return str(art["target"])
-    if p.suffix in (".pt", ".pth", ".ckpt"):
+    if backend_name_for(p) == "torch":
         members = len(card.model.get("members") or [1]) if card is not None else 1
         return f"{p.parent.name}/{p.name} (PyTorch{' ensemble' if members > 1 else ''})"
     return f"{p.parent.name}/{p.name}"
@@ -170,11 +168,12 @@ def expand_artifacts(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in ARTIFACT_SUFFIXES
+            found = sorted(f for f in p.rglob("*") if is_artifact(f)
                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                           and not any(is_artifact(p / q) for q in f.relative_to(p).parents if q.name)  # inside a folder artifact
                            and f.name not in ("last.pt",))
             if not found:
-                raise EdgedermError(f"{p}: no artifacts ({', '.join(ARTIFACT_SUFFIXES)}) in this folder")
+                raise EdgedermError(f"{p}: no artifacts ({', '.join(artifact_suffixes())}) in this folder")
             out += found
         elif p.exists():
             out.append(p)
@@ -300,7 +299,7 @@ class LocalTarget(Target):
         jobs: list[Job] = []
         cores = os.cpu_count() or 1
         for a in artifacts:
-            runtime = RUNTIME_NAMES.get(a.backend, a.backend)
+            runtime = runtime_name(a.backend)
             be = BACKENDS.get(a.backend)
             reason = None
             if be is None:
@@ -470,18 +469,15 @@ class SshTarget(Target):
 
     def _runtime_for(self, a: Artifact) -> tuple[str | None, str | None]:
         avail = set(self.probe.get("available") or [])
-        suf = a.path.suffix
-        if suf in (".pt", ".pth", ".ckpt"):
+        fmt = FORMATS[a.backend]
+        if fmt.name == "torch":
             return None, "PyTorch checkpoints are measured on the local target (the remote runner imports no torch)"
-        if suf in (".engine", ".plan"):
-            rt = "trtexec"
-        elif suf == ".onnx":
+        rt = fmt.runner
+        if fmt.name == "onnx":
             use_trt = self.trtexec if self.trtexec is not None else "trtexec" in avail
-            rt = "trtexec" if use_trt else "onnxruntime"
-        else:
-            rt = {".xml": "openvino", ".tflite": "litert"}.get(suf)
+            rt = "trtexec" if use_trt else rt
         if rt is None:
-            return None, f"no remote runtime for {suf} files"
+            return None, f"no remote runtime for {fmt.name} artifacts ({a.path.suffix})"
         if rt not in avail:
             what = "trtexec is not on the host's PATH" if rt == "trtexec" else f"{rt} is not importable by {self.remote_python} there"
             return rt, what
@@ -518,7 +514,7 @@ class SshTarget(Target):
             cmd += ["--threads", str(job.threads)]
         if settings.max_time_s:
             cmd += ["--max-time", f"{settings.max_time_s:g}"]
-        if job.runtime == "trtexec" and job.artifact.path.suffix == ".onnx":
+        if job.runtime == "trtexec" and job.artifact.backend == "onnx":
             shapes = _trt_shapes(job.artifact, job.batch)
             if shapes:
                 cmd += ["--trt-shapes", shapes]
@@ -653,7 +649,7 @@ class AdbTarget(Target):
     def plan(self, artifacts: list[Artifact], settings: Settings) -> list[Job]:
         jobs = []
         for a in artifacts:
-            reason = None if a.path.suffix == ".tflite" else "adb targets run .tflite models (LiteRT benchmark_model)"
+            reason = None if a.backend == "tflite" else "adb targets run .tflite models (LiteRT benchmark_model)"
             for d in self.delegates:
                 for t in settings.threads:
                     for b in settings.batches:

@@ -113,7 +113,7 @@ def write_golden(artifact: Path, images: list[Path], out_dir: Path, *, decision_
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "card.json").write_text(card.to_json() + "\n", encoding="utf-8")
     model_copy = None
-    if artifact.suffix == ".tflite":  # the app reads the card from the model's metadata itself
+    if pred.format == "tflite":  # the app reads the card from the model's metadata itself
         model_copy = "model.tflite"
         shutil.copyfile(artifact, out_dir / model_copy)
 

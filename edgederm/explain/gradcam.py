@@ -233,7 +233,7 @@ class MemberCams:
 def _torch_predictor(path_or_predictor: "str | Path | Predictor") -> Any:
     from ..runtime import load
     from ..runtime.base import Predictor
-    from ..runtime.torch_backend import TorchPredictor
+    from ..formats.torch.runtime import TorchPredictor
 
     pred = path_or_predictor if isinstance(path_or_predictor, Predictor) else load(path_or_predictor)
     if not isinstance(pred, TorchPredictor):

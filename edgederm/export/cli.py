@@ -8,9 +8,6 @@ failed), 2 bad input (unknown target or option, missing extra or hardware, missi
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -40,7 +37,9 @@ def _tolerances(bacc: float, mel: float, per_class: Optional[List[str]], min_agr
 
 
 def _command() -> None:
-    os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+    from ..provenance import record_command
+
+    record_command()
 
 
 TOL_BACC = typer.Option(1.0, "--tolerance-bacc", help="Largest BACC drop allowed (percentage points).")

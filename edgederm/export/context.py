@@ -27,8 +27,10 @@ from ..card import ArtifactCard, provenance
 from ..checkpoint import Member, load_checkpoint
 from ..data.records import DatasetIndex, Record
 from ..errors import DataError, EdgedermError
-from ..fsutil import sha256_file
+from ..fsutil import jsonable, sha256_file
 from ..preprocess import PreprocessSpec
+from ..numerics import softmax
+from ..provenance import command
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +363,7 @@ class ExportContext:
         def validate(model: Any) -> float:
             outs = [np.asarray(_call(model, x[i : i + 1]), dtype=np.float64).reshape(1, -1) for i in range(len(x))]
             logits = np.concatenate(outs)
-            p = np.exp(logits - logits.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            return float(classification_report(y, p, self.classes)["bacc"])
+            return float(classification_report(y, softmax(logits), self.classes)["bacc"])
 
         return validate
 
@@ -398,10 +398,10 @@ class ExportContext:
             "target": target,
             "recipe": recipe or "default",
             "options": dict(options or {}),
-            "exporter": _jsonable(info),
+            "exporter": jsonable(info),
             "source": {"checkpoint": str(self.checkpoint.resolve()), "sha256": self.checkpoint_sha256},
         }
-        card.provenance = provenance(command=_command(), source_provenance=self.card.provenance)
+        card.provenance = provenance(command=command(), source_provenance=self.card.provenance)
         card.history = [*self.card.history, {"event": "export", "target": target, "recipe": recipe or "default",
                                              "from": self.checkpoint_sha256, "at": card.provenance["created"]}]
         return card
@@ -421,26 +421,6 @@ def _call(model: Any, x: np.ndarray) -> np.ndarray:
         return np.asarray(out[0])
     except (KeyError, TypeError, IndexError):
         return np.asarray(next(iter(out.values())))
-
-
-def _command() -> str | None:
-    import os
-
-    return os.environ.get("EDGEDERM_COMMAND")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 def single_samples(calibration: Iterable[np.ndarray], limit: int | None = None) -> Iterator[np.ndarray]:

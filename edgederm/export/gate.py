@@ -55,7 +55,7 @@ import numpy as np
 from ..data.records import DatasetIndex
 from ..decision import decide
 from ..errors import EdgedermError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import jsonable, write_json_atomic, write_text_atomic
 from ..metrics import DEFAULT_MELANOMA, bootstrap_ci, mcnemar, paired_bootstrap
 from ..runtime.base import Predictor
 
@@ -331,7 +331,7 @@ class GateResult:
         return "pass" if self.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self), nonfinite_to_null=True)
 
     def summary(self) -> dict[str, Any]:
         """Compact form for the card and the export summary."""
@@ -754,21 +754,6 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
-
-
 # -- the stand-alone CI gate ----------------------------------------------------------------------
 def run_gate(
     artifact: str | Path,
@@ -854,25 +839,4 @@ def _run_dir_of(card: Any) -> Path | None:
 def _load_with_backend(path: Path, threads: int | None) -> Predictor:
     from ..runtime import load
 
-    ensure_backend(path)
     return load(path, threads=threads) if threads else load(path)
-
-
-def ensure_backend(path_or_format: str | Path) -> None:
-    """Import the runtime backend for a format that is not registered yet (backends of optional
-    toolkits live in modules the runtime package may not import by default)."""
-    import importlib
-
-    from ..runtime.registry import BACKENDS
-
-    s = str(path_or_format).lower()
-    wanted = {".xml": "openvino", ".tflite": "tflite", ".engine": "tensorrt", ".plan": "tensorrt"}
-    fmt = next((f for suf, f in wanted.items() if s.endswith(suf)), s if s in ("openvino", "tflite", "tensorrt") else None)
-    if fmt is None or fmt in BACKENDS:
-        return
-    module = "edgederm.export.tensorrt" if fmt == "tensorrt" else f"edgederm.runtime.{fmt}_backend"
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise

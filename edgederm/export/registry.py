@@ -1,7 +1,9 @@
-"""The export target registry: one declarative table of what ``edgederm export`` can make.
+"""The export target registry: what ``edgederm export`` can make.
 
-Each target is a small build function registered with what the rest of the pipeline needs to
-know about it — the runtime format and file suffix, the precision, the pip extra and importable
+The targets are declared in the formats table (``edgederm.formats.table``: each format's row lists
+its targets, their options and ``--recipe auto`` ladder, and names the build functions of its
+``formats/<name>/export.py``); ``register_target`` adds one in code (plugins). Each target carries
+what the rest of the pipeline needs to know about it — the runtime format and file suffix, the precision, the pip extra and importable
 modules it needs, the hardware it needs, its options (typed, with defaults and choices) and the
 quantization recipes ``--recipe auto`` tries. ``TARGETS`` drives the CLI choices, option
 validation, the Markdown table in the docs (``targets_table``), availability checks (a missing
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import EdgedermError, MissingExtraError
+from ..formats.table import FORMATS, Option, Recipe, TargetSpec, load_attr
 
 if TYPE_CHECKING:
     from .context import ExportContext
@@ -41,64 +44,6 @@ HARDWARE = {"nvidia-gpu": "an NVIDIA GPU with a working CUDA driver"}
 
 class MissingHardwareError(EdgedermError):
     """A target needs hardware (and possibly packages) this machine does not have."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One build option of a target: a typed value with a default, optional choices and help.
-
-    Values coming from the command line are strings; ``parse`` converts them (``"true"`` → True,
-    ``"300"`` → 300) and checks the choices, so a typo fails before any work is done.
-    """
-
-    default: Any
-    help: str = ""
-    choices: tuple[Any, ...] | None = None
-    type: type | None = None  # default: type(default)
-
-    @property
-    def kind(self) -> type:
-        return self.type or type(self.default)
-
-    def parse(self, value: Any, *, where: str) -> Any:
-        kind = self.kind
-        if kind is bool:
-            if isinstance(value, bool):
-                out: Any = value
-            elif str(value).strip().lower() in ("1", "true", "yes", "on"):
-                out = True
-            elif str(value).strip().lower() in ("0", "false", "no", "off"):
-                out = False
-            else:
-                raise EdgedermError(f"{where}: expected true or false, got {value!r}")
-        elif kind in (int, float):
-            try:
-                out = kind(value)
-            except (TypeError, ValueError):
-                raise EdgedermError(f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-        else:
-            out = value if value is None else str(value)
-        if self.choices is not None and out not in self.choices:
-            close = difflib.get_close_matches(str(out), [str(c) for c in self.choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise EdgedermError(f"{where}: {out!r} is not one of {', '.join(map(str, self.choices))}{hint}")
-        return out
-
-    def describe(self) -> str:
-        if self.choices:
-            return "|".join(map(str, self.choices)) + f" (default {self.default})"
-        return f"{self.default!r}" if self.default is not None else "—"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One step of ``--recipe auto``: options for this target, or another target to fall back to
-    (e.g. FP16 after every INT8 variant failed the gate)."""
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    target: str | None = None  # None: this target
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,10 +114,6 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {}
-BUILTIN_ORDER = (
-    "onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8",
-    "tflite", "tflite-fp16", "tflite-int8", "tensorrt-fp16", "tensorrt-int8",
-)
 #: Targets that have a CPU ``--precheck`` (name → function(ctx, **kw) -> dict).
 PRECHECKS: dict[str, Callable[..., dict[str, Any]]] = {}
 
@@ -309,109 +250,53 @@ def hardware_available(kind: str) -> bool:
     return False
 
 
+def _lazy_build(module: str, func: str, target: str) -> BuildFn:
+    """The build function of a table row, imported on first use (listing targets imports no toolkit)."""
+
+    def build(ctx: "ExportContext", out: Path, **options: Any) -> dict[str, Any]:
+        try:
+            fn = load_attr(f"{module}:{func}")
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                raise EdgedermError(f"target {target}: this edgederm install has no exporter module {module}") from None
+            raise
+        except AttributeError:
+            raise EdgedermError(f"target {target}: {module} has no {func}() (edgederm version mismatch)") from None
+        return dict(fn(ctx, out, **options) or {})
+
+    build.__name__ = func
+    build.__qualname__ = func
+    return build
+
+
+def target_from_spec(fmt_name: str, spec: TargetSpec) -> Target:
+    fmt = FORMATS[fmt_name]
+    if fmt.exporter is None:
+        raise ValueError(f"format {fmt_name!r} has targets but no exporter module")
+    return Target(
+        name=spec.name, format=fmt.name, suffix=fmt.suffixes[0], precision=spec.precision,
+        build=_lazy_build(fmt.exporter, spec.build, spec.name), extra=fmt.extra,
+        modules=spec.modules or ((fmt.module,) if fmt.module else ()), hardware=spec.hardware,
+        options=dict(spec.options), description=spec.description, auto=tuple(spec.auto),
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def _load_builtin_once() -> None:
-    # Target modules register themselves on import; they import their heavy toolkits lazily.
-    from . import onnx as _onnx  # noqa: F401
-    from . import tensorrt as _tensorrt  # noqa: F401
-
-    # Canonical order (docs table, `--target all`): by toolkit, then fp32 → fp16 → int8.
-    order = {n: i for i, n in enumerate(BUILTIN_ORDER)}
-    items = sorted(TARGETS.items(), key=lambda kv: order.get(kv[0], len(order)))
+    # The formats table's targets come first, in its order; targets registered in code (plugins,
+    # tests) keep theirs after them.
+    extra = dict(TARGETS)
     TARGETS.clear()
-    TARGETS.update(items)
+    for fmt in FORMATS.values():
+        for spec in fmt.targets:
+            if spec.hardware is not None and spec.hardware not in HARDWARE:
+                raise ValueError(f"target {spec.name}: unknown hardware requirement {spec.hardware!r}")
+            TARGETS[spec.name] = target_from_spec(fmt.name, spec)
+            if spec.precheck:
+                PRECHECKS.setdefault(spec.name, _lazy_build(fmt.exporter or "", spec.precheck, spec.name))
+    for name, t in extra.items():
+        TARGETS.setdefault(name, t)
 
 
 def _load_builtin() -> None:
     _load_builtin_once()
-
-
-# -- targets whose exporters live in other modules ----------------------------------------------
-# OpenVINO and TFLite conversion live in edgederm.export.openvino / edgederm.export.tflite; the
-# entries here only declare them and call those functions lazily, so the registry (and `--target
-# all`, the docs table, the tests) knows every target even where a toolkit is not installed.
-def _external(module: str, func: str, target: str) -> Callable[..., dict[str, Any]]:
-    import importlib
-
-    full = f"edgederm.export.{module}"
-    try:
-        mod = importlib.import_module(full)
-    except ModuleNotFoundError as e:
-        if e.name == full:
-            raise EdgedermError(f"target {target}: this edgederm install has no {module} exporter ({full} is missing)") from None
-        raise
-    fn = getattr(mod, func, None)
-    if fn is None:
-        raise EdgedermError(f"target {target}: {full} has no {func}() (edgederm version mismatch)")
-    return fn
-
-
-_CALIB = Option(300, "calibration images from the train split (class-balanced)")
-
-
-@register_target(
-    "openvino", format="openvino", suffix=".xml", precision="fp16", extra="openvino", modules=("openvino",),
-    options={"compress_to_fp16": Option(True, "store weights in FP16 (computed in FP32 on CPUs without FP16)")},
-    description="OpenVINO IR (.xml + .bin), FP16 weights",
-)
-def _build_openvino(ctx: "ExportContext", out: Path, *, compress_to_fp16: bool) -> dict[str, Any]:
-    fn = _external("openvino", "export_openvino", "openvino")
-    info = dict(fn(ctx.model, ctx.example(), out, onnx_path=ctx.onnx_fp32(), compress_to_fp16=compress_to_fp16) or {})
-    info.setdefault("precision", "fp16" if compress_to_fp16 else "fp32")
-    return info
-
-
-@register_target(
-    "openvino-int8", format="openvino", suffix=".xml", precision="int8", extra="openvino", modules=("openvino", "nncf"),
-    options={
-        "preset": Option("performance", "NNCF preset (symmetric / mixed activations)", choices=("performance", "mixed")),
-        "subset_size": _CALIB,
-        "accuracy_control": Option(False, "nncf.quantize_with_accuracy_control with BACC as the metric"),
-        "max_drop": Option(0.01, "accuracy control: largest BACC drop allowed (absolute)", type=float),
-    },
-    auto=(
-        Recipe("int8-performance", {"preset": "performance"}, description="NNCF PTQ, symmetric activations"),
-        Recipe("int8-mixed", {"preset": "mixed"}, description="NNCF PTQ, asymmetric activations"),
-        Recipe("int8-accuracy-control", {"accuracy_control": True}, description="layers that cost BACC reverted to float"),
-        Recipe("fp16", target="openvino", description="FP16 IR"),
-    ),
-    description="OpenVINO IR, NNCF post-training INT8 (optionally with accuracy control)",
-)
-def _build_openvino_int8(
-    ctx: "ExportContext", out: Path, *, preset: str, subset_size: int, accuracy_control: bool, max_drop: float
-) -> dict[str, Any]:
-    fn = _external("openvino", "quantize_openvino", "openvino-int8")
-    # Accuracy control measures BACC on train-split images, never on validation: validation is
-    # what the gate judges the artifact on afterwards.
-    validate = ctx.bacc_validator() if accuracy_control else None
-    info = fn(
-        ctx.model, ctx.example(), ctx.calibration_batches(subset_size, 1), out, onnx_path=ctx.onnx_fp32(),
-        subset_size=subset_size, preset=preset, validate=validate, max_drop=max_drop if accuracy_control else None,
-    )
-    return {"preset": preset, "subset_size": subset_size, "accuracy_control": accuracy_control, **dict(info or {})}
-
-
-def _tflite(precision: str) -> BuildFn:
-    def build(ctx: "ExportContext", out: Path, **opts: Any) -> dict[str, Any]:
-        fn = _external("tflite", "export_tflite", f"tflite{'' if precision == 'fp32' else '-' + precision}")
-        calib = ctx.calibration_batches(int(opts["calib_images"]), 1) if precision == "int8" else None
-        info = fn(ctx.model, ctx.example(), out, precision=precision, calibration=calib)
-        return {"precision": precision, **dict(info or {})}
-
-    return build
-
-
-register_target(
-    "tflite", format="tflite", suffix=".tflite", precision="fp32", extra="tflite", modules=("litert_torch", "ai_edge_litert"),
-    description="TFLite / LiteRT via litert-torch, FP32",
-)(_tflite("fp32"))
-register_target(
-    "tflite-fp16", format="tflite", suffix=".tflite", precision="fp16", extra="tflite", modules=("litert_torch", "ai_edge_litert"),
-    description="TFLite / LiteRT, FP16 weights",
-)(_tflite("fp16"))
-register_target(
-    "tflite-int8", format="tflite", suffix=".tflite", precision="int8", extra="tflite", modules=("litert_torch", "ai_edge_litert"),
-    options={"calib_images": _CALIB},
-    auto=(Recipe("int8-full-integer"), Recipe("fp16", target="tflite-fp16")),
-    description="TFLite / LiteRT, full-integer INT8 calibrated on train images",
-)(_tflite("int8"))

@@ -42,7 +42,6 @@ from .gate import (
     Tolerances,
     certify_check,
     compare,
-    ensure_backend,
     pool_images,
     predict,
     predict_pool,
@@ -353,7 +352,7 @@ def _fp16_rule(ctx: ExportContext, val_index: Any, res: GateResult) -> None:
         if not (_module_available("onnx") and _module_available("onnxruntime")):
             log.info("FP16 overflow check skipped: needs the onnx extra (pip install 'edgederm[onnx]')")
             return
-        from .onnx import fp16_nonfinite, fp16_storage_graph
+        from ..formats.onnx.export import fp16_nonfinite, fp16_storage_graph
 
         graph = ctx.cache_dir / f"fp16-storage-{ctx.checkpoint_sha256[:16]}.onnx"
         if not graph.exists():
@@ -407,18 +406,16 @@ def _precheck(
 def _load(path: Path, fmt: str, threads: int | None) -> Any:
     from ..runtime import load
 
-    ensure_backend(fmt)
     return load(path, backend=fmt, threads=threads) if threads else load(path, backend=fmt)
 
 
 def _write_card(path: Path, card: ArtifactCard, fmt: str) -> None:
     """Embed the card where the format can hold it, and write the sidecar."""
-    from ..runtime.registry import BACKENDS
+    from ..card import embed_card
+    from ..formats.table import get_format
 
-    ensure_backend(fmt)
-    backend = BACKENDS.get(fmt)
-    if backend is not None and backend.embed_card is not None:
-        backend.embed_card(path, card)
+    if get_format(fmt).metadata is not None:
+        embed_card(path, card)
     card.write_sidecar(path)
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..card import ArtifactCard
 from ..decision import decide
+from ..numerics import softmax
 from ..preprocess import PreprocessSpec, decode_size
 from ..tta import apply_view, check_views
 
@@ -32,13 +33,6 @@ class Head:
     spec: PreprocessSpec
     weight: float
     forward: Callable[[np.ndarray], np.ndarray]
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.max(axis=1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:

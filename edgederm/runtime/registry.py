@@ -1,19 +1,26 @@
-"""The backend table: suffix → how to open, how to read/embed the card, which extra it needs."""
+"""The runtime loader: ``load(path)`` opens an artifact of any format in the formats table.
+
+``BACKENDS`` holds one ``Backend`` per row of ``edgederm.formats.table``: how to open the format,
+how to read and embed its card, which extra it needs. The format modules are imported when an
+artifact of that format is first opened, so importing the runtime imports no toolkit.
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import EdgedermError, MissingExtraError
+from ..errors import EdgedermError, MissingExtraError, short_reason
+from ..formats.table import FORMATS, Format, artifact_suffixes, load_attr
 
 if TYPE_CHECKING:
     from ..card import ArtifactCard
     from .base import Predictor
+
+__all__ = ["BACKENDS", "Backend", "backend_for", "load", "read_embedded_card", "register_backend", "short_reason"]
 
 
 @dataclass(frozen=True)
@@ -36,17 +43,47 @@ class Backend:
         return self.module is None or importlib.util.find_spec(self.module) is not None
 
 
-BACKENDS: dict[str, Backend] = {}
+def backend_from_format(fmt: Format) -> Backend:
+    """A ``Backend`` whose functions import the format's modules on first call."""
+
+    def open_(path: Path, card: "ArtifactCard", **options: Any) -> "Predictor":
+        return load_attr(fmt.runtime)(path, card, **options)
+
+    def read_card(path: Path) -> "ArtifactCard | None":
+        from ..card import read_embedded_card
+
+        return read_embedded_card(path)
+
+    def embed_card(path: Path, card: "ArtifactCard") -> None:
+        load_attr(fmt.metadata + ":write_card_text")(Path(path), card.to_json())
+
+    return Backend(
+        name=fmt.name, suffixes=fmt.suffixes, open=open_, read_card=read_card,
+        embed_card=embed_card if fmt.metadata is not None else None,
+        extra=fmt.extra, module=fmt.module, batch_option=fmt.batch_option,
+    )
+
+
+BACKENDS: dict[str, Backend] = {name: backend_from_format(fmt) for name, fmt in FORMATS.items()}
 
 
 def register_backend(backend: Backend) -> Backend:
+    """Add a backend in code (a plugin); formats of the table are registered already."""
     if backend.name in BACKENDS:
         raise ValueError(f"backend {backend.name!r} is already registered")
     BACKENDS[backend.name] = backend
     return backend
 
 
+def _sync() -> None:
+    # A format registered in the table after import (a plugin row) gets its backend.
+    for name, fmt in FORMATS.items():
+        if name not in BACKENDS:
+            BACKENDS[name] = backend_from_format(fmt)
+
+
 def backend_for(path: str | Path, name: str | None = None) -> Backend:
+    _sync()
     if name is not None:
         if name not in BACKENDS:
             close = difflib.get_close_matches(name, BACKENDS, n=1)
@@ -57,31 +94,13 @@ def backend_for(path: str | Path, name: str | None = None) -> Backend:
     for backend in BACKENDS.values():
         if any(p.endswith(s) for s in backend.suffixes):
             return backend
-    known = ", ".join(s for b in BACKENDS.values() for s in b.suffixes)
-    raise EdgedermError(f"{path}: unknown artifact format (known suffixes: {known})")
-
-
-def short_reason(e: BaseException, limit: int = 160) -> str:
-    """One informative line of a runtime's exception message (for one-line user errors).
-
-    OpenVINO prefixes the reason with source locations ("Exception from src/...", "Check '...'
-    failed at ..."); ONNX Runtime with "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model
-    from PATH failed:". Both are dropped so the reason itself remains.
-    """
-    text = str(e).strip()
-    m = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : (?:Load model from .*? failed:)?\s*(.*)", text, re.S)
-    if m:
-        text = f"{m.group(1)}: {m.group(2)}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
-    line = (useful or lines or [type(e).__name__])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    raise EdgedermError(f"{path}: unknown artifact format (known suffixes: {', '.join(artifact_suffixes())})")
 
 
 def read_embedded_card(path: str | Path) -> "ArtifactCard | None":
-    backend = backend_for(path)
-    backend.check_available()
-    return backend.read_card(Path(path))
+    from ..card import read_embedded_card as read
+
+    return read(path)
 
 
 def load(path: str | Path, *, backend: str | None = None, **options: Any) -> "Predictor":

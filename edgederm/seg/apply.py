@@ -168,7 +168,7 @@ class LesionSegmenter:
         *,
         background: Background = "skin",
     ) -> None:
-        from .train import load_segmenter
+        from .infer import load_segmenter
 
         if mode not in MODES:
             raise EdgedermError(f"unknown segmentation mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -177,7 +177,7 @@ class LesionSegmenter:
         self.mode, self.margin, self.background = mode, margin, background
 
     def mask(self, img: Image.Image) -> np.ndarray:
-        from .train import predict_mask
+        from .infer import predict_mask
 
         return predict_mask(self.model, img, self.size)
 

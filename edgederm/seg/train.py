@@ -33,7 +33,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageDraw
 from torch import nn
@@ -41,18 +40,19 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..card import ArtifactCard, provenance
-from ..checkpoint import load_checkpoint, member_from_model, save_checkpoint
+from ..checkpoint import member_from_model, save_checkpoint
 from ..data.readers import read_dataset
-from ..data.records import DatasetIndex, Record
+from ..data.records import DatasetIndex
 from ..data.splits import apply_split, make_splits, read_split_csv, write_split_csv
 from ..errors import DataError, EdgedermError
 from ..fsutil import atomic_path, sha256_file, write_json_atomic, write_text_atomic
-from .data import SegDataset, image_to_tensor, load_mask, load_pair, seg_spec
+from ..provenance import command
+from .data import SegDataset, load_mask, load_pair, seg_spec
+from .infer import MODEL_NAME, load_segmenter, predict_mask  # noqa: F401  (public here too)
 from .unet import AttentionUNet
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "attention_unet"
 CLASSES = ["lesion"]
 
 __all__ = [
@@ -199,44 +199,6 @@ def _summary(ious: list[float], dices: list[float], n_boot: int, seed: int) -> d
 
 
 # ---------------------------------------------------------------------------------- inference
-
-def predict_mask(model: nn.Module, img: Image.Image, size: int) -> np.ndarray:
-    """The lesion mask of ``img`` as a boolean HxW array at the image's own resolution.
-
-    The image is stretched to ``size`` x ``size`` (the card's preprocessing); the logits are
-    resized back to the original size bilinearly and thresholded at 0 (probability 0.5).
-    """
-    img = img.convert("RGB")
-    x = image_to_tensor(img, seg_spec(size))[None]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(x)
-            logits = F.interpolate(logits[:, :1], size=(img.height, img.width), mode="bilinear", align_corners=False)
-    finally:
-        model.train(was_training)
-    return logits[0, 0].numpy() >= 0.0
-
-
-def load_segmenter(path: str | Path) -> tuple[AttentionUNet, int]:
-    """(model in eval mode, input size) from a segmentation checkpoint written by ``train_segmenter``."""
-    members, card = load_checkpoint(path)
-    if card.task != "segmentation":
-        raise EdgedermError(f"{path}: a {card.task} checkpoint, not a segmentation model")
-    m = members[0]
-    if len(members) != 1 or m.name != MODEL_NAME:
-        raise EdgedermError(f"{path}: expected one {MODEL_NAME!r} member, found {[x.name for x in members]}")
-    try:
-        model = AttentionUNet(out_ch=m.num_classes, **m.kwargs)
-        model.load_state_dict(m.state_dict)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise EdgedermError(f"{path}: weights do not fit AttentionUNet({m.kwargs}) ({str(e).splitlines()[0][:160]})") from None
-    size = card.preprocessing.height
-    if card.preprocessing.width != size:
-        raise EdgedermError(f"{path}: segmenter input must be square, card says {list(card.preprocessing.input_size)}")
-    return model.eval(), size
-
 
 # ----------------------------------------------------------------------------------- training
 
@@ -462,7 +424,7 @@ def _train_segmenter(cfg: SegConfig) -> dict[str, Any]:
             "split_sha256": sha256_file(split_path),
             "counts": counts,
         },
-        provenance=provenance(command=os.environ.get("EDGEDERM_COMMAND")),
+        provenance=provenance(command=command()),
     )
     save_checkpoint(ckpt_path, [member], card)
 

@@ -41,9 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
@@ -59,8 +56,9 @@ from ..checkpoint import member_from_model, save_checkpoint
 from ..data.records import DatasetIndex
 from ..data.splits import apply_split
 from ..errors import DataError, EdgedermError
-from ..fsutil import atomic_path, sha256_file, write_json_atomic
+from ..fsutil import atomic_path, jsonable, sha256_file, write_json_atomic
 from ..models import get_model_spec
+from ..provenance import command, record_command
 from ..tta import check_views
 from .config import MemberConfig, TrainConfig, load_recipe, validate
 from .loop import EpochCallback, train_member
@@ -433,15 +431,13 @@ def distill(
             "split_sha256": settings["split_sha256"], "counts": {k: len(v) for k, v in splits.items()},
             "skipped": len(index.skipped),
         },
-        provenance=provenance(command=os.environ.get("EDGEDERM_COMMAND"), teacher=str(teacher.resolve())),
+        provenance=provenance(command=command(), teacher=str(teacher.resolve())),
     )
     metrics = _finish(out_dir, scfg, card, member, splits, teacher, t_views, tcard, by_id, cache, distillation)
     metrics["teacher_seconds"] = teacher_seconds
     metrics["distill_seconds"] = time.perf_counter() - t_start
     metrics["history"] = state["history"]
-    from .run import _jsonable
-
-    write_json_atomic(out_dir / "metrics.json", _jsonable(metrics))
+    write_json_atomic(out_dir / "metrics.json", jsonable(metrics))
     write_json_atomic(out_dir / "history.json", {f"0-{student}": state["history"]})
     log.info("distillation finished in %.0fs: %s", metrics["distill_seconds"], out_dir)
     return out_dir
@@ -480,7 +476,7 @@ def _finish(
     from ..evaluate import predict_index, score
     from ..metrics import mcnemar, paired_bootstrap
     from ..runtime import load
-    from .run import _jsonable, _write_predictions
+    from .run import _write_predictions
 
     classes = card.classes
     unscored = out_dir / ".model.unscored.pt"
@@ -529,7 +525,7 @@ def _finish(
     metrics["teacher"] = distillation["teacher"]
     card.metrics = {s: {"n": metrics[s]["n"], **metrics[s]["ci"]} for s in ("val", "test")}
     if "clinical" in metrics:
-        card.metrics["clinical_test"] = _jsonable(metrics["clinical"]["test"])
+        card.metrics["clinical_test"] = jsonable(metrics["clinical"]["test"])
     save_checkpoint(out_dir / "model.pt", [member], card)
     unscored.unlink()
     sidecar_path(unscored).unlink()
@@ -580,7 +576,7 @@ def register(app: typer.Typer) -> None:
             if not sep or not k:
                 raise EdgedermError(f"--model-arg takes key=value, got {item!r}")
             kwargs[k] = yaml.safe_load(v)
-        os.environ.setdefault("EDGEDERM_COMMAND", shlex.join(["edgederm", *sys.argv[1:]]))
+        record_command()
         out = distill(
             run, student=student, input_size=input_size, epochs=epochs, temperature=temperature, alpha=alpha,
             teacher_tta=teacher_tta, pretrained=pretrained and weights is None, weights=weights,

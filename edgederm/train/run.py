@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
@@ -49,8 +48,9 @@ from ..data.splits import (
 )
 from ..errors import DataError, EdgedermError, ImageError
 from ..evaluate import EvalResult, predict_index, score
-from ..fsutil import sha256_file, write_json_atomic, write_text_atomic
+from ..fsutil import jsonable, sha256_file, write_json_atomic, write_text_atomic
 from ..preprocess import PreprocessSpec
+from ..provenance import command
 from .config import TrainConfig
 from .loop import EpochCallback, init_distributed, resolve_device, train_member, world
 
@@ -249,7 +249,7 @@ def _finish(
             "skipped": len(index.skipped),
         },
         # The recipe's content hash lets `edgederm run` tell an up-to-date run from a stale one.
-        provenance=provenance(command=os.environ.get("EDGEDERM_COMMAND"), recipe_sha256=cfg.content_sha256()),
+        provenance=provenance(command=command(), recipe_sha256=cfg.content_sha256()),
     )
     # Score through the runtime, exactly as every exported artifact will be scored. The
     # checkpoint is written under a temporary name: model.pt appears only once the run is done.
@@ -289,7 +289,7 @@ def _finish(
         raise
     _write_predictions(run_dir, {"val": val_result, "test": test_result})
     write_json_atomic(run_dir / "history.json", history)
-    write_json_atomic(run_dir / "metrics.json", _jsonable(metrics))
+    write_json_atomic(run_dir / "metrics.json", jsonable(metrics))
     _extras(cfg, run_dir)
     log.info("run finished in %.0fs: %s", metrics["train_seconds"], run_dir)
     return run_dir
@@ -308,7 +308,7 @@ def _run_metrics(card: ArtifactCard, val_result: EvalResult, test_result: EvalRe
         }
     card.metrics = {s: {"n": metrics[s]["n"], **metrics[s]["ci"]} for s in ("val", "test")}
     if "clinical" in metrics:
-        card.metrics["clinical_test"] = _jsonable(metrics["clinical"]["test"])
+        card.metrics["clinical_test"] = jsonable(metrics["clinical"]["test"])
     return metrics
 
 
@@ -360,7 +360,7 @@ def recalibrate(run_dir: str | Path, thresholds: dict[str, Any] | None = None) -
     metrics["recalibrated"] = True
     save_checkpoint(run / "model.pt", members, card)
     _write_predictions(run, scored)
-    write_json_atomic(run / "metrics.json", _jsonable(metrics))
+    write_json_atomic(run / "metrics.json", jsonable(metrics))
     if (run / "report.md").exists():
         from ..report import write_run_report
 
@@ -457,18 +457,6 @@ def _extras(cfg: TrainConfig, run_dir: Path) -> None:
             log.warning("report.md not written: %s", e)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
 # -- several seeds --------------------------------------------------------------------------------
 SEED_METRICS = ("bacc", "macro_auc", "mel_sensitivity", "mel_specificity", "accuracy", "macro_f1")
 
@@ -561,7 +549,7 @@ def train_variants(cfg: TrainConfig, *, resume: bool = False, on_epoch_end: Epoc
                                      n_boot=cfg.n_boot, seed=cfg.seed),
             "mcnemar": mcnemar(b["y_true"], b["y_pred"], p["y_pred"]),
         }
-    write_json_atomic(root / "variants.json", _jsonable({"baseline": base, "variants": rows}))
+    write_json_atomic(root / "variants.json", jsonable({"baseline": base, "variants": rows}))
     write_text_atomic(root / "variants.md", format_variants(rows, base))
     return root
 

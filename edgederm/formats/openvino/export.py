@@ -6,26 +6,29 @@ give the IR a dynamic batch dimension, an ``input`` and a ``logits`` tensor name
 ``nncf.quantize`` (plain PTQ) or, when a validation function is given,
 ``nncf.quantize_with_accuracy_control``, which reverts the most harmful quantizers to float until
 the metric drop is within ``max_drop``. IR files are written atomically (see
-``edgederm.runtime.openvino_backend.save_ir_atomic``). The card is embedded by the driver through
-the runtime backend, not here.
+``edgederm.formats.openvino.metadata.save_ir_atomic``). The card is embedded by the export
+driver, not here.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import EdgedermError, MissingExtraError
-from ..runtime.openvino_backend import ir_bin_path, save_ir_atomic
-from .context import single_samples
+from ...errors import EdgedermError, MissingExtraError
+from ...provenance import package_version
+from ...export.context import single_samples
+from .metadata import ir_bin_path, save_ir_atomic
+
+if TYPE_CHECKING:
+    from ...export.context import ExportContext
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +47,6 @@ def _require(module: str, what: str) -> Any:
         return __import__(module)
     except ImportError:
         raise MissingExtraError("openvino", module, what) from None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def convert_to_openvino(model: nn.Module, example: torch.Tensor, *, onnx_path: Path | None = None) -> tuple[Any, dict[str, Any]]:
@@ -78,7 +74,7 @@ def convert_to_openvino(model: nn.Module, example: torch.Tensor, *, onnx_path: P
         "source": source,
         "dynamic_batch": dynamic,
         "convert_seconds": round(time.perf_counter() - t0, 3),
-        "openvino": _version("openvino"),
+        "openvino": package_version("openvino"),
     }
     return ov_model, info
 
@@ -269,7 +265,7 @@ def quantize_openvino(
         reverted_ops=restorer.reverted,
         quantized_ops=len(q_ops),
         float_ops=f_ops,
-        nncf=_version("nncf"),
+        nncf=package_version("nncf"),
         files=[out_xml.name, ir_bin_path(out_xml).name],
         size_bytes=_ir_size(out_xml),
         seconds=round(time.perf_counter() - t0, 3),
@@ -277,3 +273,23 @@ def quantize_openvino(
     log.info("OpenVINO INT8 (%s): %d ops quantized, %d in float, %d reverted -> %s (%.1f s)", recipe,
              len(q_ops), len(f_ops), len(restorer.reverted), out_xml, info["seconds"])
     return info
+
+
+# -- targets (their rows: edgederm.formats.table) ---------------------------------------------------
+def build_openvino(ctx: "ExportContext", out: Path, *, compress_to_fp16: bool) -> dict[str, Any]:
+    info = dict(export_openvino(ctx.model, ctx.example(), out, onnx_path=ctx.onnx_fp32(), compress_to_fp16=compress_to_fp16) or {})
+    info.setdefault("precision", "fp16" if compress_to_fp16 else "fp32")
+    return info
+
+
+def build_openvino_int8(
+    ctx: "ExportContext", out: Path, *, preset: str, subset_size: int, accuracy_control: bool, max_drop: float
+) -> dict[str, Any]:
+    # Accuracy control measures BACC on train-split images, never on validation: validation is
+    # what the gate judges the artifact on afterwards.
+    validate = ctx.bacc_validator() if accuracy_control else None
+    info = quantize_openvino(
+        ctx.model, ctx.example(), ctx.calibration_batches(subset_size, 1), out, onnx_path=ctx.onnx_fp32(),
+        subset_size=subset_size, preset=preset, validate=validate, max_drop=max_drop if accuracy_control else None,
+    )
+    return {"preset": preset, "subset_size": subset_size, "accuracy_control": accuracy_control, **dict(info or {})}

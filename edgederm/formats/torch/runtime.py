@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..card import ArtifactCard
-from ..preprocess import PreprocessSpec
-from .base import Head, Predictor
-from .registry import Backend, register_backend
+from ...preprocess import PreprocessSpec
+from ...runtime.base import Head, Predictor
+
+if TYPE_CHECKING:
+    from ...card import ArtifactCard
 
 
 class TorchPredictor(Predictor):
     format = "torch"
 
-    def __init__(self, path: Path, card: ArtifactCard, *, threads: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, path: Path, card: "ArtifactCard", *, threads: int | None = None, device: str = "cpu") -> None:
         import torch
 
-        from ..checkpoint import load_checkpoint
+        from ...checkpoint import load_checkpoint
 
         super().__init__(path, card)
         if threads:
@@ -54,21 +55,3 @@ class TorchPredictor(Predictor):
 
     def heads(self) -> list[Head]:
         return self._heads
-
-
-def _read_card(path: Path) -> ArtifactCard | None:
-    from ..checkpoint import read_checkpoint_card
-
-    return read_checkpoint_card(path)
-
-
-register_backend(
-    Backend(
-        name="torch",
-        suffixes=(".pt", ".pth", ".ckpt"),
-        open=TorchPredictor,
-        read_card=_read_card,
-        extra=None,
-        module="torch",
-    )
-)

@@ -11,13 +11,11 @@ TensorRT needs an NVIDIA GPU and NVIDIA's ``tensorrt`` package (PyPI's ``tensorr
 the libraries from NVIDIA's index). Where either is missing the target says exactly that, and
 ``edgederm export RUN --target tensorrt-fp16 --precheck`` checks on the CPU whether FP16 keeps
 the accuracy gate: the FP32 ONNX graph with its input, weights and every intermediate tensor
-rounded to FP16 (float32 I/O; ``edgederm.export.onnx.fp16_storage_graph``) run by ONNX Runtime
+rounded to FP16 (float32 I/O; ``edgederm.formats.onnx.export.fp16_storage_graph``) run by ONNX Runtime
 over the validation images (NaN/Inf scan, max probability difference and argmax agreement with
 FP32, and the gate metrics).
 
-Engines are run by ``TensorRTPredictor`` (a runtime backend for ``.engine`` files; the card is
-the ``.card.json`` sidecar, an engine has no metadata section), using PyTorch CUDA tensors for
-device memory.
+Engines are run by ``edgederm.formats.tensorrt.runtime.TensorRTPredictor``.
 """
 
 from __future__ import annotations
@@ -28,23 +26,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from ..card import ArtifactCard
-from ..errors import EdgedermError
-from ..runtime.base import Predictor
-from ..runtime.registry import BACKENDS, Backend, register_backend
-from .registry import Option, Recipe, register_precheck, register_target
+from ...errors import EdgedermError
 
 if TYPE_CHECKING:
-    from .context import ExportContext
+    from ...export.context import ExportContext
 
 log = logging.getLogger(__name__)
 
-_COMMON = {
-    "workspace_gb": Option(2.0, "builder workspace memory pool (GiB)", type=float),
-    "max_batch": Option(8, "largest batch of the optimisation profile"),
-    "opt_batch": Option(1, "batch the kernels are tuned for"),
-    "timing_cache": Option("", "timing cache file (default: <export dir>/tensorrt.timing.cache)", type=str),
-}
 
 
 def _major(version: str) -> int:
@@ -79,7 +67,7 @@ def make_calibrator(batches: Iterable[np.ndarray], batch_size: int, cache_file: 
             return cache_file.read_bytes() if cache_file.exists() else None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            from ..fsutil import atomic_path
+            from ...fsutil import atomic_path
 
             with atomic_path(cache_file) as tmp:
                 tmp.write_bytes(bytes(cache))
@@ -140,7 +128,7 @@ def build_engine(
         raise EdgedermError("TensorRT could not build the engine (the TensorRT log above says why)")
     Path(out).write_bytes(bytes(serialized))
     if timing_cache is not None:
-        from ..fsutil import atomic_path
+        from ...fsutil import atomic_path
 
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -158,23 +146,11 @@ def _timing_cache(ctx: "ExportContext", option: str) -> Path:
     return Path(base) / "tensorrt.timing.cache"
 
 
-@register_target(
-    "tensorrt-fp16", format="tensorrt", suffix=".engine", precision="fp16", extra="tensorrt", modules=("tensorrt",),
-    hardware="nvidia-gpu", options=dict(_COMMON),
-    description="TensorRT engine, FP16 (build on the target GPU, e.g. the Jetson)",
-)
 def build_tensorrt_fp16(ctx: "ExportContext", out: Path, *, workspace_gb: float, max_batch: int, opt_batch: int, timing_cache: str) -> dict[str, Any]:
     return build_engine(ctx.onnx_fp32(), out, precision="fp16", timing_cache=_timing_cache(ctx, timing_cache),
                         workspace_gb=workspace_gb, opt_batch=opt_batch, max_batch=max_batch)
 
 
-@register_target(
-    "tensorrt-int8", format="tensorrt", suffix=".engine", precision="int8", extra="tensorrt", modules=("tensorrt",),
-    hardware="nvidia-gpu",
-    options={**_COMMON, "calib_images": Option(300, "calibration images from the train split"), "calib_batch": Option(8, "calibration batch")},
-    auto=(Recipe("int8-entropy-calibrated"), Recipe("fp16", target="tensorrt-fp16")),
-    description="TensorRT engine, INT8 with an entropy calibrator on train images (FP16 fallback per layer)",
-)
 def build_tensorrt_int8(
     ctx: "ExportContext", out: Path, *, workspace_gb: float, max_batch: int, opt_batch: int, timing_cache: str,
     calib_images: int, calib_batch: int,
@@ -188,67 +164,12 @@ def build_tensorrt_int8(
     return info
 
 
-@register_precheck("tensorrt-fp16")
 def precheck_fp16(ctx: "ExportContext", out: Path) -> dict[str, Any]:
     """The CPU stand-in for a TensorRT FP16 engine: the FP32 ONNX graph with the input, weights
     (clamped to the FP16 range, as TensorRT does) and every intermediate tensor rounded to FP16,
     run by ONNX Runtime. It shows FP16 overflow (Inf/NaN) and rounding; it cannot show the kernel
     choices TensorRT makes on the device."""
-    from .onnx import fp16_storage_graph
+    from ..onnx.export import fp16_storage_graph
 
     info = fp16_storage_graph(ctx.onnx_fp32(), out)
     return {**info, "stands_in_for": "tensorrt-fp16", "runtime": "onnxruntime CPU"}
-
-
-# -- runtime --------------------------------------------------------------------------------------
-class TensorRTPredictor(Predictor):
-    """A serialized TensorRT engine on the GPU (I/O through PyTorch CUDA tensors)."""
-
-    format = "tensorrt"
-
-    def __init__(self, path: Path, card: ArtifactCard, *, device: str = "cuda", threads: int | None = None) -> None:
-        import tensorrt as trt
-        import torch
-
-        super().__init__(path, card)
-        if not torch.cuda.is_available():
-            raise EdgedermError(f"{path}: a TensorRT engine needs a CUDA device; none is visible to PyTorch")
-        self._torch = torch
-        self.device = torch.device(device if device.startswith("cuda") else "cuda")
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise EdgedermError(f"{path}: TensorRT cannot load this engine (built for another GPU or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        modes = {n: self.engine.get_tensor_mode(n) for n in names}
-        self.input = next(n for n in names if modes[n] == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if modes[n] == trt.TensorIOMode.OUTPUT)
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input, 0)[2][0])
-        self.stream = torch.cuda.Stream(device=self.device)
-
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        outs = []
-        for start in range(0, len(batch), self.max_batch):
-            x = torch.from_numpy(np.ascontiguousarray(batch[start : start + self.max_batch], dtype=np.float32)).to(self.device)
-            self.context.set_input_shape(self.input, tuple(x.shape))
-            y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=torch.float32, device=self.device)
-            self.context.set_tensor_address(self.input, int(x.data_ptr()))
-            self.context.set_tensor_address(self.output, int(y.data_ptr()))
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EdgedermError(f"{self.path}: TensorRT execution failed")
-            self.stream.synchronize()
-            outs.append(y.cpu().numpy())
-        return np.concatenate(outs)
-
-
-def _no_embedded_card(path: Path) -> ArtifactCard | None:
-    return None  # engines carry no metadata; load_card falls back to the sidecar
-
-
-if "tensorrt" not in BACKENDS:
-    register_backend(
-        Backend(name="tensorrt", suffixes=(".engine", ".plan"), open=TensorRTPredictor, read_card=_no_embedded_card,
-                embed_card=None, extra="tensorrt", module="tensorrt")
-    )

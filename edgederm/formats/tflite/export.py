@@ -30,26 +30,23 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import EdgedermError, MissingExtraError
-from ..fsutil import atomic_path
-from .context import single_samples
+from ...errors import EdgedermError, MissingExtraError
+from ...export.context import single_samples
+from ...fsutil import atomic_path
+from ...provenance import package_version
+
+if TYPE_CHECKING:
+    from ...export.context import ExportContext
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _litert_torch() -> Any:
@@ -133,7 +130,7 @@ def _fp16_weights(fp32: Path) -> tuple[bytes, dict[str, Any]]:
             op_config=config,
         )
     result = q.quantize(enable_progress_report=False)
-    return bytes(result.quantized_model), {"recipe": "fp16-weights (float_casting)", "quantizer": f"{dist} {_version(dist)}"}
+    return bytes(result.quantized_model), {"recipe": "fp16-weights (float_casting)", "quantizer": f"{dist} {package_version(dist)}"}
 
 
 def _int8_static(fp32: Path, samples: list[np.ndarray]) -> tuple[bytes, dict[str, Any]]:
@@ -147,7 +144,7 @@ def _int8_static(fp32: Path, samples: list[np.ndarray]) -> tuple[bytes, dict[str
         result = q.quantize(stats, enable_progress_report=False)
     return bytes(result.quantized_model), {
         "recipe": "static_wi8_ai8",
-        "quantizer": f"{dist} {_version(dist)}",
+        "quantizer": f"{dist} {package_version(dist)}",
         "calibration_samples": len(samples),
     }
 
@@ -196,7 +193,7 @@ def export_tflite(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".tmp", dir=out.parent))
     info: dict[str, Any] = {"format": "tflite", "precision": precision, "source": "torch",
-                            "converter": f"litert-torch {_version('litert-torch')}"}
+                            "converter": f"litert-torch {package_version('litert-torch')}"}
     try:
         with _quiet_litert():
             fp32 = tmp_dir / "fp32.tflite"
@@ -217,3 +214,22 @@ def export_tflite(
     info.update(size_bytes=out.stat().st_size, seconds=round(time.perf_counter() - t0, 3))
     log.info("TFLite %s (%s): %s (%.1f MB, %.1f s)", precision, info["recipe"], out, info["size_bytes"] / 1e6, info["seconds"])
     return info
+
+
+# -- targets (their rows: edgederm.formats.table) ---------------------------------------------------
+def _build(ctx: "ExportContext", out: Path, precision: str, calib_images: int = 0) -> dict[str, Any]:
+    calib = ctx.calibration_batches(int(calib_images), 1) if precision == "int8" else None
+    info = export_tflite(ctx.model, ctx.example(), out, precision=precision, calibration=calib)
+    return {"precision": precision, **dict(info or {})}
+
+
+def build_tflite(ctx: "ExportContext", out: Path) -> dict[str, Any]:
+    return _build(ctx, out, "fp32")
+
+
+def build_tflite_fp16(ctx: "ExportContext", out: Path) -> dict[str, Any]:
+    return _build(ctx, out, "fp16")
+
+
+def build_tflite_int8(ctx: "ExportContext", out: Path, *, calib_images: int) -> dict[str, Any]:
+    return _build(ctx, out, "int8", calib_images)

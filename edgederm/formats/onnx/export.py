@@ -30,34 +30,21 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from .registry import Option, Recipe, register_target
+from ...provenance import package_version
 
 if TYPE_CHECKING:
-    from .context import ExportContext
+    from ...export.context import ExportContext
 
 log = logging.getLogger(__name__)
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-def _version(mod: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(mod)
-    except Exception:
-        return None
+_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # the table's "calibration" choices
 
 
 # -- FP32 -----------------------------------------------------------------------------------------
-@register_target(
-    "onnx", format="onnx", suffix=".onnx", precision="fp32", extra="onnx", modules=("onnx", "onnxruntime"),
-    description="ONNX (torch.onnx legacy exporter, opset 17, dynamic batch), FP32",
-)
 def build_onnx(ctx: "ExportContext", out: Path) -> dict[str, Any]:
     shutil.copyfile(ctx.onnx_fp32(), out)
-    return {"exporter": "torch.onnx (dynamo=False)", "opset": 17, "torch": _version("torch"), "onnx": _version("onnx")}
+    return {"exporter": "torch.onnx (dynamo=False)", "opset": 17, "torch": package_version("torch"), "onnx": package_version("onnx")}
 
 
 # -- FP16 -----------------------------------------------------------------------------------------
@@ -95,9 +82,9 @@ def fp16_graph(src: str | Path, out: str | Path, *, keep_io_types: bool = True) 
             log.info("FP16 conversion clamped values of %d weight tensors into the range [1e-7, 1e4]", clamped)
         onnx.save(half, str(out))
         dist = "onnxconverter-common" if name == "onnxconverter-common" else "onnxruntime"
-        return {"converter": f"{name} float16", "version": _version(dist), "keep_io_types": keep_io_types,
+        return {"converter": f"{name} float16", "version": package_version(dist), "keep_io_types": keep_io_types,
                 "tensors_clamped": clamped, **({"rejected": errors} if errors else {})}
-    from ..errors import EdgedermError
+    from ...errors import EdgedermError
 
     raise EdgedermError(f"FP16 conversion failed: {'; '.join(errors)}")
 
@@ -166,11 +153,6 @@ def fp16_nonfinite(graph: str | Path, batches: Iterable[np.ndarray]) -> tuple[in
     return bad, total
 
 
-@register_target(
-    "onnx-fp16", format="onnx", suffix=".onnx", precision="fp16", extra="onnx", modules=("onnx", "onnxruntime", "onnxconverter_common"),
-    options={"keep_io_types": Option(True, "keep float32 inputs/outputs (the runtime feeds float32)")},
-    description="ONNX with FP16 weights and compute (half the file; ORT CPUs compute it in FP32)",
-)
 def build_onnx_fp16(ctx: "ExportContext", out: Path, *, keep_io_types: bool) -> dict[str, Any]:
     return fp16_graph(ctx.onnx_fp32(), out, keep_io_types=keep_io_types)
 
@@ -312,7 +294,7 @@ def _entropy_ranges(src: str | Path, reader: Any, tmp: Path) -> Path:
 
     from onnxruntime.quantization import CalibrationMethod, quantize_static
 
-    from ..errors import EdgedermError
+    from ...errors import EdgedermError
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise EdgedermError("calibration=entropy needs a newer onnxruntime (one whose quantize_static takes "
@@ -394,30 +376,6 @@ def layer_sensitivity(float_model: str | Path, qdq_model: str | Path, batches: I
     return out
 
 
-@register_target(
-    "onnx-int8", format="onnx", suffix=".onnx", precision="int8", extra="onnx", modules=("onnx", "onnxruntime"),
-    options={
-        "method": Option("static", "static: QDQ with calibrated activations; dynamic: weight-only INT8", choices=("static", "dynamic")),
-        "per_channel": Option(True, "per-channel weight scales (else per-tensor)"),
-        "calibration": Option("minmax", "activation range estimator", choices=tuple(_CALIBRATION)),
-        "percentile": Option(99.999, "percentile calibration: the kept percentile", type=float),
-        "activations": Option("uint8", "activation type (uint8 is faster on x86 without VNNI)", choices=("uint8", "int8")),
-        "reduce_range": Option(False, "7-bit weights (avoids u8s8 saturation on old x86)"),
-        "calib_images": Option(200, "calibration images from the train split (class-balanced)"),
-        "calib_batch": Option(8, "calibration batch size"),
-        "keep_float": Option("none", "layers left in float", choices=("none", "first-last", "sensitive")),
-        "n_sensitive": Option(3, "keep_float=sensitive: how many highest-error layers"),
-        "exclude": Option("", "comma-separated node names to leave in float", type=str),
-    },
-    auto=(
-        Recipe("int8-per-channel", {"per_channel": True}, description="static QDQ, u8 activations, s8 per-channel weights"),
-        Recipe("int8-sensitive-float", {"keep_float": "sensitive", "n_sensitive": 3},
-               description="the 3 layers with the largest per-layer error in float"),
-        Recipe("int8-first-last-float", {"keep_float": "first-last"}, description="first and last layer in float"),
-        Recipe("fp16", target="onnx-fp16", description="FP16 graph"),
-    ),
-    description="ONNX Runtime INT8: static QDQ (per-channel/per-tensor, MinMax/Entropy/Percentile) or dynamic weight-only",
-)
 def build_onnx_int8(
     ctx: "ExportContext",
     out: Path,
@@ -441,10 +399,10 @@ def build_onnx_int8(
     excluded = [e.strip() for e in exclude.split(",") if e.strip()]
     unknown = [e for e in excluded if e not in {n.name for n in model.graph.node}]
     if unknown:
-        from ..errors import EdgedermError
+        from ...errors import EdgedermError
 
         raise EdgedermError(f"onnx-int8 option exclude: no node named {unknown[0]!r} (quantizable nodes: {', '.join(quantizable_nodes(model)[:8])} ...)")
-    info: dict[str, Any] = {"onnxruntime": _version("onnxruntime"), "method": method, "per_channel": per_channel}
+    info: dict[str, Any] = {"onnxruntime": package_version("onnxruntime"), "method": method, "per_channel": per_channel}
     shape_math = shape_subgraph(model)
     if shape_math:
         info["shape_nodes_kept_float"] = len(shape_math)

@@ -1,0 +1,1 @@
+"""The onnx artifact format (see edgederm.formats.table for its row)."""

@@ -1,0 +1,1 @@
+"""The openvino artifact format (see edgederm.formats.table for its row)."""

@@ -1,0 +1,1 @@
+"""The tensorrt artifact format (see edgederm.formats.table for its row)."""

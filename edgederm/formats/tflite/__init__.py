@@ -1,0 +1,1 @@
+"""The tflite artifact format (see edgederm.formats.table for its row)."""

@@ -1,0 +1,1 @@
+"""The torch artifact format (see edgederm.formats.table for its row)."""
