@@ -276,6 +276,21 @@ for _fmt in (
             ),
         ),
     ),
+    Format(
+        name="executorch", suffixes=(".pte",), label="executorch-xnnpack",
+        runtime=_P + "executorch.runtime:ExecuTorchPredictor", metadata=_P + "executorch.metadata",
+        exporter=_P + "executorch.export", extra="executorch", module="executorch",
+        preload=("torch", "executorch.runtime"),
+        note="PyTorch's on-device runtime (Android/iOS); the card is the program's edgederm_card method",
+        targets=(
+            TargetSpec("executorch", "fp32", "build_executorch", modules=("executorch",),
+                       description="ExecuTorch program (.pte), XNNPACK delegate, FP32"),
+            TargetSpec("executorch-int8", "int8", "build_executorch_int8", modules=("executorch", "torchao"),
+                       options={"calib_images": _CALIB},
+                       auto=(Recipe("int8-pt2e-xnnpack"), Recipe("fp32", target="executorch", description="FP32 program")),
+                       description="ExecuTorch, PT2E static INT8 (XNNPACKQuantizer, per-channel) calibrated on train images"),
+        ),
+    ),
 ):
     register_format(_fmt)
 

@@ -1,0 +1,1 @@
+"""The ExecuTorch artifact format (.pte, XNNPACK delegate); its row is in edgederm.formats.table."""
