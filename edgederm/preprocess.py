@@ -186,7 +186,7 @@ class PreprocessSpec:
 DECODE_OVERSAMPLE = 2
 
 
-def decode_size(spec: PreprocessSpec, *, crops: bool = False) -> int | None:
+def decode_size(spec: PreprocessSpec, *, crops: bool = False, segmenter: Any = None) -> int | None:
     """The smallest side an image may be decoded at for ``spec`` (None: decode every pixel).
 
     ``load_image(ref, decode_size=decode_size(spec))`` keeps both sides of the decoded image >=
@@ -195,7 +195,9 @@ def decode_size(spec: PreprocessSpec, *, crops: bool = False) -> int | None:
     spec says ``exact_decode``, or when ``crops`` (a segment-then-classify crop keeps only part of
     the image, so the whole image's bound says nothing about the crop's resolution).
     """
-    if spec.exact_decode or crops:
+    # ``segmenter``: a card's segmenter entry (dict) or a LesionSegmenter; its mode says whether it crops.
+    mode = segmenter.get("mode", "") if isinstance(segmenter, dict) else getattr(segmenter, "mode", "")
+    if spec.exact_decode or crops or "crop" in str(mode or ""):
         return None
     target = max(spec.height, spec.width)
     if spec.resize == "shorter":

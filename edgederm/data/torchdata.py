@@ -42,7 +42,7 @@ class ImageDataset(Dataset):
         self._cache: dict[int, Image.Image] | None = {} if cache else None
         # Decode as the runtime does for this spec (Predictor.decode_size): reduced scale unless
         # the spec says exact_decode or a segmenter crops (then every pixel).
-        self._decode_size = decode_size(spec, crops="crop" in str(getattr(pre, "mode", "")))
+        self._decode_size = decode_size(spec, segmenter=pre)
 
     def __len__(self) -> int:
         return len(self.index.records)

@@ -332,8 +332,7 @@ class ExportContext:
         from ..preprocess import decode_size
 
         seg = self._segmenter()
-        # The runtime's rule (Predictor.decode_size): a cropping segmenter means every pixel.
-        size = decode_size(self.spec, crops="crop" in str(getattr(seg, "mode", "")))
+        size = decode_size(self.spec, segmenter=seg)  # the runtime's rule (Predictor.decode_size)
         arrs = []
         for r in records:
             img = load_image(r.ref, decode_size=size)

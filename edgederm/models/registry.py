@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgedermError
+from ..preprocess import PreprocessSpec, spec_for_size
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ class ModelSpec:
     # PreprocessSpec overrides the weights expect (e.g. mean/std of a non-ImageNet convention).
     preprocess: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+
+    def preprocess_spec(self, input_size: int | None = None) -> PreprocessSpec:
+        """The typed preprocessing this model's weights expect, at ``input_size`` (default: its
+        native size): like timm's pretrained cfg, it travels with the model into the card."""
+        return spec_for_size(int(input_size or self.input_size), **self.preprocess)
 
 
 MODELS: dict[str, ModelSpec] = {}

@@ -143,9 +143,8 @@ class Predictor:
         ``edgederm.preprocess.decode_size`` of each head's spec, the largest over an ensemble's
         heads; None if any head's spec says ``exact_decode`` or the card's segmenter crops.
         """
-        entry = self.card.model.get("segmenter") or {}
-        crops = "crop" in str(entry.get("mode", ""))
-        sizes = [decode_size(h.spec, crops=crops) for h in self.heads()]  # heads() is cheap: built once
+        entry = self.card.model.get("segmenter")
+        sizes = [decode_size(h.spec, segmenter=entry) for h in self.heads()]  # heads() is cheap: built once
         return None if any(s is None for s in sizes) else max(s for s in sizes if s is not None)
 
     def load_image(self, ref: ImageLike) -> Image.Image:

@@ -35,7 +35,7 @@ from ..errors import EdgedermError
 from ..fsutil import atomic_path
 from ..metrics import classification_report
 from ..models import create_model, get_model_spec
-from ..preprocess import PreprocessSpec, spec_for_size
+from ..preprocess import PreprocessSpec
 from .augment import TierConfig, assign_tiers, basic_augment, build_class_augment
 from .config import MemberConfig, TrainConfig
 from .losses import build_loss, class_weights
@@ -104,9 +104,7 @@ def build_member_model(mcfg: MemberConfig, num_classes: int) -> nn.Module:
 
 def member_spec(mcfg: MemberConfig) -> PreprocessSpec:
     """The member's preprocessing: its input size, and the normalisation its weights expect."""
-    info = get_model_spec(mcfg.model)
-    size = mcfg.input_size or info.input_size
-    return spec_for_size(size, **info.preprocess)
+    return get_model_spec(mcfg.model).preprocess_spec(mcfg.input_size)
 
 
 # -- one member -----------------------------------------------------------------------------------
@@ -219,7 +217,6 @@ def train_member(
     device = member_device(resolve_device(cfg.device))
     classes = splits["train"].classes
     spec = member_spec(mcfg)
-    size = spec.input_size[0]
     mdir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + slot)
 

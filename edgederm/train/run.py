@@ -160,6 +160,7 @@ def _train_one(cfg: TrainConfig, *, resume: bool, on_epoch_end: EpochCallback | 
 
     members: list[Member] = []
     infos: list[dict[str, Any]] = []
+    specs: list[PreprocessSpec] = []  # typed, as each member trained (infos hold their JSON form)
     history: dict[str, Any] = {}
     for slot, mcfg in enumerate(cfg.members):
         for f in folds:
@@ -183,12 +184,13 @@ def _train_one(cfg: TrainConfig, *, resume: bool, on_epoch_end: EpochCallback | 
             if state.get("tiers"):
                 info["augment_tiers"] = state["tiers"]
             infos.append(info)
+            specs.append(spec)
             history[key] = state["history"]
     if distributed:
         dist.barrier()
         if rank != 0:
             return run_dir  # rank 0 alone scores and writes the ensemble
-    return _finish(cfg, index, assignment, split_path, members, infos, history, t_start, world_size)
+    return _finish(cfg, index, assignment, split_path, members, infos, specs, history, t_start, world_size)
 
 
 def _finish(
@@ -198,6 +200,7 @@ def _finish(
     split_path: Path,
     members: list[Member],
     infos: list[dict[str, Any]],
+    specs: list[PreprocessSpec],
     history: dict[str, Any],
     t_start: float,
     world_size: int,
@@ -228,7 +231,7 @@ def _finish(
         name=cfg.name,
         classes=list(index.classes),
         taxonomy=cfg.taxonomy or index.taxonomy,
-        preprocessing=PreprocessSpec.from_dict(infos[0]["preprocessing"]),
+        preprocessing=specs[0],
         model={
             "kind": "ensemble" if len(infos) > 1 else "single",
             "combine": "weighted_mean",
