@@ -173,3 +173,10 @@ def test_runtime_export_and_bench_read_the_table() -> None:
             t = targets[spec.name]
             assert (t.format, t.suffix, t.precision) == (fmt.name, fmt.suffixes[0], spec.precision)
             assert dict(t.options) == dict(spec.options) and tuple(t.auto) == tuple(spec.auto)
+
+
+def test_the_docs_table_is_generated_from_the_formats_table() -> None:
+    from edgederm.export import targets_table
+
+    doc = (PKG.parent / "export" / "README.md").read_text(encoding="utf-8")
+    assert targets_table() in doc, "export/README.md's targets table is stale: regenerate it with targets_table()"
