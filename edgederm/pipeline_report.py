@@ -119,7 +119,7 @@ def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
 
 
 def _plots(ctx: "_Ctx", out: Path, blocks: list[Block]) -> None:
-    from .report import plot_confusion, plot_roc
+    from .report.plots import plot_confusion, plot_roc
 
     classes = None
     for label in ("ensemble (PyTorch)", "student (PyTorch)"):

@@ -234,12 +234,12 @@ def _box_stats(r: dict[str, Any], label: str) -> dict[str, Any] | None:
 
 
 def plot_latency(ok: Sequence[dict[str, Any]], path: Path, title: str) -> Path | None:
-    from ..report import _figure, _save
+    from ..report.plots import figure, save_figure
 
     stats = [s for s in (_box_stats(r, f"{_short_label(r)} · {_config(r)}") for r in ok) if s is not None]
     if not stats:
         return None
-    fig = _figure(8.5, 1.2 + 0.42 * len(stats))
+    fig = figure(8.5, 1.2 + 0.42 * len(stats))
     ax = fig.add_subplot(1, 1, 1)
     kw = {"showfliers": True, "flierprops": {"markersize": 2, "alpha": 0.4}}
     try:
@@ -253,18 +253,18 @@ def plot_latency(ok: Sequence[dict[str, Any]], path: Path, title: str) -> Path |
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="y", labelsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pareto(points: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    from ..report import _colours, _figure, _save
+    from ..report.plots import colours, figure, save_figure
 
     if not points:
         return None
-    fig = _figure(7.5, 5.0)
+    fig = figure(7.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     targets = sorted({p["target"] for p in points})
-    colours = dict(zip(targets, _colours(max(len(targets), 1))))
+    palette = dict(zip(targets, colours(max(len(targets), 1))))
     xs, ys = [p["latency_ms"] for p in points], [p["bacc"] for p in points]
     xspan, yspan = (max(xs) - min(xs)) or max(xs) or 1.0, (max(ys) - min(ys)) or 0.05
     placed: list[tuple[float, float]] = []
@@ -278,7 +278,7 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: Path) -> Path | None:
             yerr = None
             if all(p["lo"] is not None and p["hi"] is not None for p in pts):
                 yerr = [[p["bacc"] - p["lo"] for p in pts], [p["hi"] - p["bacc"] for p in pts]]
-            ax.errorbar(x, y, yerr=yerr, fmt="x" if failed else "o", color=colours[t], ecolor=colours[t], alpha=0.85,
+            ax.errorbar(x, y, yerr=yerr, fmt="x" if failed else "o", color=palette[t], ecolor=palette[t], alpha=0.85,
                         capsize=3, label=f"{t} (failed the export gate)" if failed else t)
             for p in pts:
                 # Points that sit on top of each other get their labels stacked instead of overprinted.
@@ -300,11 +300,11 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax.set_title("Latency vs balanced accuracy", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_threads(ok: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    from ..report import _colours, _figure, _save
+    from ..report.plots import colours, figure, save_figure
 
     series: dict[tuple[Any, ...], list[tuple[int, float]]] = defaultdict(list)
     for r in ok:
@@ -313,16 +313,16 @@ def plot_threads(ok: Sequence[dict[str, Any]], path: Path) -> Path | None:
     series = {k: sorted(v) for k, v in series.items() if len({t for t, _ in v}) > 1}
     if not series:
         return None
-    fig = _figure(7.0, 4.5)
+    fig = figure(7.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    for (k, pts), c in zip(series.items(), _colours(len(series))):
+    for (k, pts), c in zip(series.items(), colours(len(series))):
         ax.plot([t for t, _ in pts], [v for _, v in pts], "o-", color=c, label=f"{k[1]} · {k[2]} · b{k[4]} ({k[0]})")
     ax.set_xlabel("threads")
     ax.set_ylabel("throughput (images/s)")
     ax.set_title("Thread scaling", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- the report ------------------------------------------------------------------------------------
