@@ -18,6 +18,7 @@ import numpy as np
 
 from .bench.report import _bytes, _html_table, _ms
 from .fsutil import write_json_atomic, write_text_atomic
+from .metrics import format_ci_entry
 
 if TYPE_CHECKING:
     from .pipeline import State, _Ctx
@@ -56,12 +57,10 @@ def slug(label: str) -> str:
 
 
 def ci_text(entry: dict[str, Any] | None) -> str:
-    """``0.878 [0.842–0.909]`` (the gate table's style) from a bootstrap entry."""
+    """``0.878 [0.842–0.909]`` (``edgederm.metrics.format_ci``) from a bootstrap entry."""
     if not entry or entry.get("value") is None:
         return "—"
-    if entry.get("lo") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{entry['lo']:.3f}–{entry['hi']:.3f}]"
+    return format_ci_entry(entry)
 
 
 def _bench_by_sha(bench_dir: Path) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import EdgedermError
 from ..fsutil import write_text_atomic
+from ..metrics import format_ci
 from .env import isa_summary
 from .store import ResultsStore
 
@@ -440,7 +441,7 @@ def _markdown(doc: dict[str, Any]) -> str:
 def _pareto_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
     gate = {True: "pass", False: "FAIL", None: "—"}
     return [[p["label"], p["target"], p["runtime"], str(p["threads"] or "default"), _ms(p["latency_ms"]),
-             f"{p['bacc']:.3f}" + (f" [{p['lo']:.3f}, {p['hi']:.3f}]" if p["lo"] is not None and p["hi"] is not None else ""),
+             format_ci(p["bacc"], p["lo"], p["hi"]),
              p["source"] or "—", gate.get(p.get("gate_passed"), "—"), "**yes**" if p["frontier"] else ""]
             for p in sorted(points, key=lambda p: p["latency_ms"])]
 

@@ -1,5 +1,7 @@
 """Markdown builders of the run report: metrics and per-class tables, the clinical thresholds
 section, seeds, ensemble members, Grad-CAM-in-mask. Reusable for export / gate / bench reports.
+
+Every estimate with a CI is printed by ``edgederm.metrics.format_ci`` (one style everywhere).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..metrics import ECE_BINS
+from ..metrics import ECE_BINS, format_ci, format_ci_entry
 from ..metrics import format_number as _num
 from .plots import best_epoch
 from .reading import _member_history
@@ -38,13 +40,8 @@ _NOT_SCALAR_METRICS = {"n", "classes", "top1_ties", "confusion_matrix"}
 
 
 def _ci_cell(entry: Any, digits: int = 3) -> str:
-    """``0.912 (0.871–0.950)`` from a bootstrap entry, or the bare value."""
-    if isinstance(entry, Mapping):
-        v, lo, hi = entry.get("value"), entry.get("lo"), entry.get("hi")
-        if lo is not None and hi is not None and v is not None:
-            return f"{_num(v, digits)} ({_num(lo, digits)}–{_num(hi, digits)})"
-        return _num(v, digits)
-    return _num(entry, digits)
+    """``0.912 [0.871–0.950]`` from a bootstrap entry, or the bare value."""
+    return format_ci_entry(entry, digits=digits)
 
 
 def _value(entry: Any) -> float | None:
@@ -299,10 +296,7 @@ def thresholds_section(
     for c in cols:
         b = ((clinical or {}).get(c) or {}).get("bacc")
         if isinstance(b, Mapping) and "rule" in b and "argmax" in b:
-            d = b.get("diff") or {}
-            diff = f"{_value(d.get('diff')):+.3f}" if _value(d.get("diff")) is not None else "n/a"
-            if d.get("lo") is not None and d.get("hi") is not None:
-                diff += f" ({_num(d['lo'])} to {_num(d['hi'])})"  # "–" reads badly next to a minus
+            diff = format_ci_entry(b.get("diff") or {}, key="diff", signed=True)
             baccs.append(f"{c}: {_ci_cell(b['rule'])} with the rule vs {_ci_cell(b['argmax'])} with argmax, "
                          f"difference {diff}")
     if baccs:
@@ -441,7 +435,7 @@ def _cam_table(cam: Any) -> str:
     def stat(e: Any) -> str:
         if not isinstance(e, Mapping):
             return _num(e)
-        return _ci_cell({"value": e.get("mean"), "lo": e.get("lo"), "hi": e.get("hi")})
+        return format_ci(e.get("mean"), e.get("lo"), e.get("hi"))
 
     level = cam.get("level") if isinstance(cam.get("level"), (int, float)) else 0.95
     head = (f"Grad-CAM energy inside the lesion mask on {cam.get('dataset', 'the masked images')} "
