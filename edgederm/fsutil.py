@@ -52,11 +52,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(o: Any) -> Any:
-    # numpy scalars and arrays appear in metric dicts.
+def json_default(o: Any) -> Any:
+    """``json.dumps``' ``default=``: numpy scalars / arrays (they appear in metric dicts) and paths."""
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):

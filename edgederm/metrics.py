@@ -67,7 +67,10 @@ __all__ = [
     "bootstrap_ci",
     "classification_report",
     "expected_calibration_error",
+    "format_ci",
+    "format_ci_entry",
     "format_metrics_table",
+    "format_number",
     "mcnemar",
     "metric_names",
     "operating_point",
@@ -769,6 +772,41 @@ def operating_point(y_true_binary: Any, scores: Any, threshold: float) -> tuple[
     sens = np.count_nonzero(called & y) / n_pos if n_pos else math.nan
     spec = np.count_nonzero(~called & ~y) / n_neg if n_neg else math.nan
     return float(sens), float(spec)
+
+
+def format_number(x: Any, digits: int = 3, *, signed: bool = False) -> str:
+    """``x`` with ``digits`` decimals (``+`` on positives when ``signed``); ``n/a`` for None, a
+    bool, NaN or anything that is not a number."""
+    if x is None or isinstance(x, bool):
+        return "n/a"
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if math.isnan(f):
+        return "n/a"
+    return f"{f:+.{digits}f}" if signed else f"{f:.{digits}f}"
+
+
+def format_ci(value: Any, lo: Any = None, hi: Any = None, *, digits: int = 3, signed: bool = False) -> str:
+    """The one text form of an estimate with its confidence interval: ``0.812 [0.770–0.850]``.
+
+    ``signed`` is for differences: ``+0.012 [-0.004 to +0.030]`` (an en dash next to a minus sign
+    reads as a range of negatives). A missing or undefined value, lo or hi gives the value alone.
+    """
+    text = format_number(value, digits, signed=signed)
+    if "n/a" in (text, format_number(lo), format_number(hi)):
+        return text
+    a, b = format_number(lo, digits, signed=signed), format_number(hi, digits, signed=signed)
+    return f"{text} [{a} to {b}]" if signed else f"{text} [{a}–{b}]"
+
+
+def format_ci_entry(entry: Any, *, digits: int = 3, signed: bool = False, key: str = "value") -> str:
+    """:func:`format_ci` of a ``{"value", "lo", "hi"}`` entry (``bootstrap_ci``; ``key="diff"``
+    for ``paired_bootstrap``); a bare number is formatted alone."""
+    if isinstance(entry, Mapping):
+        return format_ci(entry.get(key), entry.get("lo"), entry.get("hi"), digits=digits, signed=signed)
+    return format_number(entry, digits, signed=signed)
 
 
 def format_metrics_table(

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .bench.report import _bytes, _html_table, _ms
+from .bench.report import format_bytes, format_ms, html_table
 from .fsutil import write_json_atomic, write_text_atomic
+from .metrics import format_ci_entry
 
 if TYPE_CHECKING:
     from .pipeline import State, _Ctx
@@ -56,12 +57,10 @@ def slug(label: str) -> str:
 
 
 def ci_text(entry: dict[str, Any] | None) -> str:
-    """``0.878 [0.842–0.909]`` (the gate table's style) from a bootstrap entry."""
+    """``0.878 [0.842–0.909]`` (``edgederm.metrics.format_ci``) from a bootstrap entry."""
     if not entry or entry.get("value") is None:
         return "—"
-    if entry.get("lo") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{entry['lo']:.3f}–{entry['hi']:.3f}]"
+    return format_ci_entry(entry)
 
 
 def _bench_by_sha(bench_dir: Path) -> dict[str, dict[str, Any]]:
@@ -119,7 +118,7 @@ def collect(ctx: "_Ctx") -> list[dict[str, Any]]:
 
 
 def _plots(ctx: "_Ctx", out: Path, blocks: list[Block]) -> None:
-    from .report import plot_confusion, plot_roc
+    from .report.plots import plot_confusion, plot_roc
 
     classes = None
     for label in ("ensemble (PyTorch)", "student (PyTorch)"):
@@ -189,9 +188,9 @@ def write_pipeline_report(ctx: "_Ctx", state: "State") -> dict[str, Path]:
     for r in rows:
         t, b = r["test"], r["bench"] or {}
         res_rows.append([r["label"], f"{r['format']} {r['precision']}" + (f" (recipe {r['recipe']})" if r.get("recipe") not in (None, "default") else ""),
-                         _bytes(r["size_bytes"]), str(r["gate"]), ci_text(t.get("bacc")), ci_text(t.get("mel_sensitivity")),
-                         ci_text(t.get("mel_specificity")), _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
-                         _ms(b.get("e2e_p50_ms")) + (f" ({b['e2e_views']} views)" if (b.get("e2e_views") or 1) > 1 else ""),
+                         format_bytes(r["size_bytes"]), str(r["gate"]), ci_text(t.get("bacc")), ci_text(t.get("mel_sensitivity")),
+                         ci_text(t.get("mel_specificity")), format_ms(b.get("p50_ms")), format_ms(b.get("p90_ms")),
+                         format_ms(b.get("e2e_p50_ms")) + (f" ({b['e2e_views']} views)" if (b.get("e2e_views") or 1) > 1 else ""),
                          f"{b.get('runtime')} ×{b.get('threads')}" if b else "—"])
     blocks += [("h2", "Results"),
                ("p", f"Accuracy on the {split} split (n = {n} images, never used for training, early stopping or thresholds), "
@@ -284,12 +283,12 @@ def _md_table_to_html(text: str) -> str:
                 rows.append(cells)
             continue
         if rows:
-            out.append(_html_table(rows[0], rows[1:]))
+            out.append(html_table(rows[0], rows[1:]))
             rows = []
         if line.strip():
             out.append(f"<p>{html.escape(line)}</p>")
     if rows:
-        out.append(_html_table(rows[0], rows[1:]))
+        out.append(html_table(rows[0], rows[1:]))
     return "\n".join(out)
 
 
@@ -306,7 +305,7 @@ def _html(title: str, blocks: list[Block]) -> str:
         elif kind == "md":
             parts.append(_md_table_to_html(b[1]))
         elif kind == "table":
-            parts.append(_html_table(b[1], b[2]))
+            parts.append(html_table(b[1], b[2]))
         elif kind == "img":
             parts.append(f"<h3>{e(b[1])}</h3><img src='{e(Path(b[2]).as_posix())}' alt='{e(b[1])}'>")
         elif kind == "pre":

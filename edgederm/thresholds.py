@@ -67,6 +67,7 @@ from edgederm.metrics import (
     _check_probs,
     _group_index,
     bootstrap_ci,
+    format_ci_entry,
     paired_bootstrap,
 )
 
@@ -760,9 +761,7 @@ def format_clinical_table(report: Mapping[str, Any], *, digits: int = 3) -> str:
         return "n/a" if x is None else f"{float(x):.{digits}f}"
 
     def with_ci(e: Mapping[str, Any]) -> str:
-        if e.get("lo") is None or e.get("hi") is None:
-            return num(e.get("value"))
-        return f"{num(e['value'])} ({num(e['lo'])} to {num(e['hi'])})"
+        return format_ci_entry(e, digits=digits)
 
     def yes(x: bool | None) -> str:
         return "n/a" if x is None else ("yes" if x else "**no**")
@@ -785,9 +784,7 @@ def format_clinical_table(report: Mapping[str, Any], *, digits: int = 3) -> str:
         )
     b = report["bacc"]
     d = b["diff"]
-    diff = num(d["diff"])
-    if d.get("lo") is not None:
-        diff += f" ({num(d['lo'])} to {num(d['hi'])})"
+    diff = format_ci_entry(d, digits=digits, key="diff", signed=True)
     lines += [
         "",
         f"| BACC under the rule ({pct} CI) | BACC argmax ({pct} CI) | rule − argmax ({pct} CI) |",

@@ -158,7 +158,7 @@ def test_report_has_tables_pareto_and_plots(bench) -> None:
     # every measured runtime has a row; BACC shown for the exported artifacts
     for r in results:
         assert r["runtime"] in md
-    assert "0.550 [0.410, 0.690]" in md
+    assert "0.550 [0.410–0.690]" in md
     assert "FlopCounterMode" in md and "FLOP/cycle" in md
     assert "<table>" in html and "Pareto" in html
 

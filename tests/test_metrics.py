@@ -663,6 +663,22 @@ def test_format_metrics_table():
     assert "| n | " in text and "confusion" not in text
 
 
+def test_format_ci_is_the_one_ci_text():
+    assert M.format_ci(0.8123, 0.77, 0.8504) == "0.812 [0.770–0.850]"
+    assert M.format_ci(0.8123, 0.77, 0.8504, digits=2) == "0.81 [0.77–0.85]"
+    # Differences: signed, "to" instead of an en dash next to a minus sign.
+    assert M.format_ci(0.012, -0.004, 0.03, signed=True) == "+0.012 [-0.004 to +0.030]"
+    # No interval (or an undefined bound): the value alone; no value: n/a.
+    assert M.format_ci(0.5) == M.format_ci(0.5, None, 0.6) == M.format_ci(0.5, math.nan, 0.6) == "0.500"
+    assert M.format_ci(None, 0.1, 0.2) == M.format_number(math.nan) == M.format_number(True) == "n/a"
+    ci = M.bootstrap_ci(*_grouped_data(120, 1, seed=3)[:2], HAM7, groups=_grouped_data(120, 1, seed=3)[2],
+                        n_boot=30, metrics=["bacc"])
+    e = ci["bacc"]
+    assert M.format_ci_entry(e) == f"{e['value']:.3f} [{e['lo']:.3f}–{e['hi']:.3f}]"
+    assert M.format_ci_entry({"diff": -0.02, "lo": -0.05, "hi": 0.01}, key="diff", signed=True) == "-0.020 [-0.050 to +0.010]"
+    assert M.format_ci_entry(0.25, digits=1) == "0.2"
+
+
 def test_input_errors_are_one_line_edgederm_errors():
     p = np.array(HAND_P)
     cases = [

@@ -108,9 +108,9 @@ def test_report_matches_evaluate_and_bench_by_hand(done: tuple[Path, Path]) -> N
     match = next(r for r in results if r["id"] == row["bench"]["result_id"])
     assert match["artifact"]["sha256"] == row["sha256"]
     assert match["latency_ms"]["p50"] == row["bench"]["p50_ms"]
-    from edgederm.bench.report import _ms  # the report's own formatter (3 decimals under 1 ms)
+    from edgederm.bench.report import format_ms  # the report's own formatter (3 decimals under 1 ms)
 
-    assert _ms(row["bench"]["p50_ms"]) in (run / "pipeline-report" / "report.md").read_text()
+    assert format_ms(row["bench"]["p50_ms"]) in (run / "pipeline-report" / "report.md").read_text()
 
 
 def test_rerun_skips_up_to_date_stages_and_redoes_changed_ones(done: tuple[Path, Path]) -> None:

@@ -148,7 +148,7 @@ def run_copy(base_runs: dict[str, Path], tmp_path: Path):  # noqa: ANN201
 
 # -- helpers ------------------------------------------------------------------------------------
 def _ci(entry: dict[str, Any]) -> str:
-    return f"{entry['value']:.3f} ({entry['lo']:.3f}–{entry['hi']:.3f})"
+    return f"{entry['value']:.3f} [{entry['lo']:.3f}–{entry['hi']:.3f}]"
 
 
 def _row(text: str, first_cell: str, after: str = "") -> list[str]:
@@ -237,7 +237,9 @@ def test_full_report_reads_the_numbers(run_copy) -> None:  # noqa: ANN001
             assert row[k + 2] == _verdict(t["met"], t["met_at_lower_bound"])
         assert row[11] == f"{t['sens_argmax']:.3f} / {t['spec_argmax']:.3f}"
     b = metrics["clinical"]["test"]["bacc"]
-    assert f"test: {_ci(b['rule'])} with the rule vs {_ci(b['argmax'])} with argmax" in section
+    d = b["diff"]  # a signed difference: "to" between the bounds, never an en dash by a minus
+    diff = f"{d['diff']:+.3f} [{d['lo']:+.3f} to {d['hi']:+.3f}]"
+    assert f"test: {_ci(b['rule'])} with the rule vs {_ci(b['argmax'])} with argmax, difference {diff}" in section
 
     # Members: input size, val BACC, weight, best epoch, epochs and time from history.json.
     assert _row(text, "0", "## Ensemble members")[1:] == ["`small_cnn`", "32×32", "0.610", "0.520", "3", "4", "40.0 s"]
@@ -401,7 +403,7 @@ def test_gradcam_parts_are_linked(run_copy) -> None:  # noqa: ANN001
     text = write_run_report(run).read_text()
     assert "![Grad-CAM](gradcam.png)" in text
     row = _row(text, "`small_cnn`", "## Grad-CAM")
-    assert row[1:] == ["0.734 (0.684–0.774)", "0.410 (0.360–0.450)", "0.324 (0.274–0.364)", "1.79"]
+    assert row[1:] == ["0.734 [0.684–0.774]", "0.410 [0.360–0.450]", "0.324 [0.274–0.364]", "1.79"]
     assert "ph2 (40 images" in text
     # An unknown shape is still shown, flattened.
     (run / "cam_in_mask.json").write_text(json.dumps({"mean": 0.734, "per_class": {"MEL": 0.8}}))

@@ -430,6 +430,9 @@ def test_clinical_report_on_held_out_data() -> None:
     table = format_clinical_table(rep)
     assert "| MEL |" in table and "| AKIEC |" in table and "BACC under the rule" in table
     assert f"n = {len(yt)} images" in table
+    sens, d = rep["targets"]["MEL"]["sens"], rep["bacc"]["diff"]
+    assert f"{sens['value']:.3f} [{sens['lo']:.3f}–{sens['hi']:.3f}]" in table
+    assert f"| {d['diff']:+.3f} [{d['lo']:+.3f} to {d['hi']:+.3f}] |" in table
 
 
 def test_thresholds_from_val_can_fail_on_a_shifted_test_split() -> None:

@@ -81,15 +81,15 @@ def register(app: typer.Typer) -> None:
                        trtexec=trtexec, benchmark_model=str(benchmark_model) if benchmark_model else None,
                        delegates=_words(delegate) or None, adb=adb)
         results = run_bench(artifacts, target, out, settings, torch_baseline=torch_baseline, target_options=options)
-        from .report import _ms, _short_label
+        from .report import format_ms, short_label
 
         for r in results:
             lat = r.get("latency_ms") or {}
-            what = f"{_short_label(r)} · {r['runtime']}" + (f" [{r['delegate']}]" if r.get("delegate") else "") + \
+            what = f"{short_label(r)} · {r['runtime']}" + (f" [{r['delegate']}]" if r.get("delegate") else "") + \
                    f" · {r.get('threads') or 'default'} thr · b{r['batch']}"
             if r["status"] == "ok":
-                typer.echo(f"{what}: p50 {_ms(lat.get('p50', lat.get('mean')))} ms, p99 {_ms(lat.get('p99'))} ms, "
-                           f"load {_ms(r.get('load_ms'))} ms")
+                typer.echo(f"{what}: p50 {format_ms(lat.get('p50', lat.get('mean')))} ms, p99 {format_ms(lat.get('p99'))} ms, "
+                           f"load {format_ms(r.get('load_ms'))} ms")
             else:
                 typer.echo(f"{what}: {r['status']}: {r.get('error')}", err=r["status"] == "error")
         typer.echo(f"results: {Path(out) / 'results.jsonl'}")

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import EdgedermError
 from ..fsutil import write_text_atomic
+from ..metrics import format_ci
 from .env import isa_summary
 from .store import ResultsStore
 
@@ -66,7 +67,7 @@ def pareto_points(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if k not in best or _p50(r) < _p50(best[k]):  # type: ignore[operator]
             best[k] = r
-    pts = [{"label": _short_label(r), "target": r["target"], "latency_ms": _p50(r), "bacc": r["accuracy"]["bacc"],
+    pts = [{"label": short_label(r), "target": r["target"], "latency_ms": _p50(r), "bacc": r["accuracy"]["bacc"],
             "lo": r["accuracy"].get("lo"), "hi": r["accuracy"].get("hi"), "source": r["accuracy"].get("source"),
             "threads": r.get("threads"), "batch": r.get("batch"), "runtime": r["runtime"],
             "gate_passed": r["accuracy"].get("gate_passed"), "result": r} for r in best.values()]
@@ -88,14 +89,16 @@ def _f(x: Any, digits: int = 2) -> str:
     return f"{x:,.{digits}f}"
 
 
-def _ms(x: Any) -> str:
+def format_ms(x: Any) -> str:
+    """A latency in ms: 3 decimals under 1 ms, 2 under 100, then whole; ``—`` when missing."""
     if x is None:
         return "—"
     x = float(x)
     return f"{x:.3f}" if x < 1 else (f"{x:.2f}" if x < 100 else f"{x:,.0f}")
 
 
-def _bytes(n: Any) -> str:
+def format_bytes(n: Any) -> str:
+    """A size in B / kB / MB / GB (decimal units); ``—`` when missing."""
     if n is None:
         return "—"
     n = float(n)
@@ -115,7 +118,8 @@ def _flops(n: Any) -> str:
     return f"{n:.0f} FLOP"
 
 
-def _short_label(r: dict[str, Any]) -> str:
+def short_label(r: dict[str, Any]) -> str:
+    """A result's artifact label, with its precision in brackets unless the label names it."""
     a = r.get("artifact") or {}
     prec = a.get("precision")
     lab = str(a.get("label") or a.get("file"))
@@ -146,11 +150,11 @@ def latency_rows(ok: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str
     for r in ok:
         lat = r.get("latency_ms") or {}
         rt = r["runtime"] + (f" [{r['delegate']}]" if r.get("delegate") else "")
-        rows.append([_short_label(r), str(r["target"]), rt, str(r.get("threads") or "default"), str(r.get("batch")),
-                     _ms(lat.get("p50")), _ms(lat.get("p90")), _ms(lat.get("p99")),
-                     (f"{_ms(lat['mean'])} ± {_ms(lat['std'])}" if lat.get("std") is not None else _ms(lat["mean"]))
+        rows.append([short_label(r), str(r["target"]), rt, str(r.get("threads") or "default"), str(r.get("batch")),
+                     format_ms(lat.get("p50")), format_ms(lat.get("p90")), format_ms(lat.get("p99")),
+                     (f"{format_ms(lat['mean'])} ± {format_ms(lat['std'])}" if lat.get("std") is not None else format_ms(lat["mean"]))
                      if lat.get("mean") is not None else "—",
-                     _ms(lat.get("min")), _ms(lat.get("max")), str(lat.get("n", "—")), _f(r.get("throughput_ips"), 1)])
+                     format_ms(lat.get("min")), format_ms(lat.get("max")), str(lat.get("n", "—")), _f(r.get("throughput_ips"), 1)])
     return header, rows
 
 
@@ -163,7 +167,7 @@ def cost_rows(ok: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
         e2e_txt = "—"
         if e2e.get("p50") is not None:
             views = (r.get("e2e") or {}).get("views")
-            e2e_txt = _ms(e2e["p50"]) + (f" ({views} views)" if views and views > 1 else "")
+            e2e_txt = format_ms(e2e["p50"]) + (f" ({views} views)" if views and views > 1 else "")
         g = r.get("gflops") or {}
         frac = g.get("fraction_of_peak")
         acc = r.get("accuracy") or {}
@@ -171,10 +175,10 @@ def cost_rows(ok: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
         if rss is None and (r.get("memory_footprint_mb") or {}).get("overall") is not None:
             rss_txt = f"{r['memory_footprint_mb']['overall']:.1f} MB Δ (tool)"
         else:
-            rss_txt = _bytes(rss)
+            rss_txt = format_bytes(rss)
         rt = r["runtime"] + (f" [{r['delegate']}]" if r.get("delegate") else "")
-        rows.append([_short_label(r), str(r["target"]), rt, str(r.get("threads") or "default"), str(r.get("batch")),
-                     _bytes((r.get("artifact") or {}).get("size_bytes")), _ms(r.get("load_ms")), _ms(r.get("first_inference_ms")),
+        rows.append([short_label(r), str(r["target"]), rt, str(r.get("threads") or "default"), str(r.get("batch")),
+                     format_bytes((r.get("artifact") or {}).get("size_bytes")), format_ms(r.get("load_ms")), format_ms(r.get("first_inference_ms")),
                      rss_txt, e2e_txt, _flops((r.get("flops") or {}).get("per_image")), _f(g.get("achieved"), 2),
                      f"{100 * frac:.1f}%" if frac is not None else "—",
                      f"{acc['bacc']:.3f}" if acc.get("bacc") is not None else "—"])
@@ -234,12 +238,12 @@ def _box_stats(r: dict[str, Any], label: str) -> dict[str, Any] | None:
 
 
 def plot_latency(ok: Sequence[dict[str, Any]], path: Path, title: str) -> Path | None:
-    from ..report import _figure, _save
+    from ..report.plots import figure, save_figure
 
-    stats = [s for s in (_box_stats(r, f"{_short_label(r)} · {_config(r)}") for r in ok) if s is not None]
+    stats = [s for s in (_box_stats(r, f"{short_label(r)} · {_config(r)}") for r in ok) if s is not None]
     if not stats:
         return None
-    fig = _figure(8.5, 1.2 + 0.42 * len(stats))
+    fig = figure(8.5, 1.2 + 0.42 * len(stats))
     ax = fig.add_subplot(1, 1, 1)
     kw = {"showfliers": True, "flierprops": {"markersize": 2, "alpha": 0.4}}
     try:
@@ -253,18 +257,18 @@ def plot_latency(ok: Sequence[dict[str, Any]], path: Path, title: str) -> Path |
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="y", labelsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pareto(points: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    from ..report import _colours, _figure, _save
+    from ..report.plots import colours, figure, save_figure
 
     if not points:
         return None
-    fig = _figure(7.5, 5.0)
+    fig = figure(7.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     targets = sorted({p["target"] for p in points})
-    colours = dict(zip(targets, _colours(max(len(targets), 1))))
+    palette = dict(zip(targets, colours(max(len(targets), 1))))
     xs, ys = [p["latency_ms"] for p in points], [p["bacc"] for p in points]
     xspan, yspan = (max(xs) - min(xs)) or max(xs) or 1.0, (max(ys) - min(ys)) or 0.05
     placed: list[tuple[float, float]] = []
@@ -278,7 +282,7 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: Path) -> Path | None:
             yerr = None
             if all(p["lo"] is not None and p["hi"] is not None for p in pts):
                 yerr = [[p["bacc"] - p["lo"] for p in pts], [p["hi"] - p["bacc"] for p in pts]]
-            ax.errorbar(x, y, yerr=yerr, fmt="x" if failed else "o", color=colours[t], ecolor=colours[t], alpha=0.85,
+            ax.errorbar(x, y, yerr=yerr, fmt="x" if failed else "o", color=palette[t], ecolor=palette[t], alpha=0.85,
                         capsize=3, label=f"{t} (failed the export gate)" if failed else t)
             for p in pts:
                 # Points that sit on top of each other get their labels stacked instead of overprinted.
@@ -300,29 +304,29 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax.set_title("Latency vs balanced accuracy", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_threads(ok: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    from ..report import _colours, _figure, _save
+    from ..report.plots import colours, figure, save_figure
 
     series: dict[tuple[Any, ...], list[tuple[int, float]]] = defaultdict(list)
     for r in ok:
         if r.get("threads") and r.get("throughput_ips"):
-            series[(r["target"], _short_label(r), r["runtime"], r.get("delegate"), r["batch"])].append((int(r["threads"]), float(r["throughput_ips"])))
+            series[(r["target"], short_label(r), r["runtime"], r.get("delegate"), r["batch"])].append((int(r["threads"]), float(r["throughput_ips"])))
     series = {k: sorted(v) for k, v in series.items() if len({t for t, _ in v}) > 1}
     if not series:
         return None
-    fig = _figure(7.0, 4.5)
+    fig = figure(7.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    for (k, pts), c in zip(series.items(), _colours(len(series))):
+    for (k, pts), c in zip(series.items(), colours(len(series))):
         ax.plot([t for t, _ in pts], [v for _, v in pts], "o-", color=c, label=f"{k[1]} · {k[2]} · b{k[4]} ({k[0]})")
     ax.set_xlabel("threads")
     ax.set_ylabel("throughput (images/s)")
     ax.set_title("Thread scaling", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -365,7 +369,7 @@ def _document(every: list[dict[str, Any]], cur: list[dict[str, Any]], ok: list[d
     runs = sorted({r.get("run_id") for r in every if r.get("run_id")})
     flop_methods = sorted({(r.get("flops") or {}).get("method") for r in ok if r.get("flops")} - {None})
     acc_sources = sorted({(r.get("accuracy") or {}).get("source") for r in ok if r.get("accuracy")} - {None})
-    no_acc = sorted({_short_label(r) for r in ok if not (r.get("accuracy") or {}).get("bacc")})
+    no_acc = sorted({short_label(r) for r in ok if not (r.get("accuracy") or {}).get("bacc")})
     protocol = sorted({(p.get("warmup"), p.get("runs"), p.get("min_time_s")) for p in
                        ((r.get("protocol") or {}) for r in ok) if p}, key=str)
     return {
@@ -425,7 +429,7 @@ def _markdown(doc: dict[str, Any]) -> str:
             lines += [f"Command run for the latest result ({env['tool']}):", "", "```", env["exec_command"], "```", ""]
     if doc["bad"]:
         lines += ["## Skipped or failed", ""]
-        lines += [f"- {_short_label(r)} · {_config(r)} on {r['target']}: **{r['status']}** — {r.get('error')}" for r in doc["bad"]]
+        lines += [f"- {short_label(r)} · {_config(r)} on {r['target']}: **{r['status']}** — {r.get('error')}" for r in doc["bad"]]
         lines.append("")
     lines += ["## How these numbers are measured", ""] + [f"- {n}" for n in _NOTES]
     if doc["protocol"]:
@@ -439,8 +443,8 @@ def _markdown(doc: dict[str, Any]) -> str:
 
 def _pareto_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
     gate = {True: "pass", False: "FAIL", None: "—"}
-    return [[p["label"], p["target"], p["runtime"], str(p["threads"] or "default"), _ms(p["latency_ms"]),
-             f"{p['bacc']:.3f}" + (f" [{p['lo']:.3f}, {p['hi']:.3f}]" if p["lo"] is not None and p["hi"] is not None else ""),
+    return [[p["label"], p["target"], p["runtime"], str(p["threads"] or "default"), format_ms(p["latency_ms"]),
+             format_ci(p["bacc"], p["lo"], p["hi"]),
              p["source"] or "—", gate.get(p.get("gate_passed"), "—"), "**yes**" if p["frontier"] else ""]
             for p in sorted(points, key=lambda p: p["latency_ms"])]
 
@@ -451,7 +455,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}.front{font-weight:bold}"""
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; every cell is escaped (cells are plain text)."""
     h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
@@ -461,26 +466,26 @@ def _html(doc: dict[str, Any]) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>edgederm benchmark report</title>",
              f"<style>{_CSS}</style></head><body>", "<h1>Benchmark report</h1>", f"<p>{e(doc['summary'])}</p>",
-             "<h2>Latency</h2>", _html_table(*doc["latency"]),
-             "<h2>Cold start, memory, end-to-end, compute, accuracy</h2>", _html_table(*doc["cost"])]
+             "<h2>Latency</h2>", html_table(*doc["latency"]),
+             "<h2>Cold start, memory, end-to-end, compute, accuracy</h2>", html_table(*doc["cost"])]
     if doc["pareto"]:
         rows = [[c.replace("**", "") for c in row] for row in _pareto_rows(doc["pareto"])]
         parts += ["<h2>Pareto: latency vs BACC</h2>",
-                  _html_table(["artifact", "target", "runtime", "threads", "p50 ms", "BACC [95% CI]", "BACC source", "export gate", "Pareto"], rows)]
+                  html_table(["artifact", "target", "runtime", "threads", "p50 ms", "BACC [95% CI]", "BACC source", "export gate", "Pareto"], rows)]
     if doc["no_acc"]:
         parts.append(f"<p>Not on the Pareto plot (their card records no BACC): {e(', '.join(doc['no_acc']))}.</p>")
     for title, rel in doc["plots"]:
         parts.append(f"<h3>{e(title)}</h3><img src='{e(rel.as_posix())}' alt='{e(title)}'>")
     parts.append("<h2>Environment</h2>")
     for env in doc["envs"]:
-        parts += [f"<h3>{e(env['target'])}</h3>", _html_table(["", ""], [[k, str(v)] for k, v in env["rows"]])]
+        parts += [f"<h3>{e(env['target'])}</h3>", html_table(["", ""], [[k, str(v)] for k, v in env["rows"]])]
         if env.get("command"):
             parts.append(f"<p>Bench command:</p><pre>{e(env['command'])}</pre>")
         if env.get("exec_command"):
             parts.append(f"<p>Command run for the latest result ({e(str(env['tool']))}):</p><pre>{e(env['exec_command'])}</pre>")
     if doc["bad"]:
         parts.append("<h2>Skipped or failed</h2><ul>")
-        parts += [f"<li>{e(_short_label(r))} · {e(_config(r))} on {e(r['target'])}: <b>{e(r['status'])}</b> — {e(str(r.get('error')))}</li>"
+        parts += [f"<li>{e(short_label(r))} · {e(_config(r))} on {e(r['target'])}: <b>{e(r['status'])}</b> — {e(str(r.get('error')))}</li>"
                   for r in doc["bad"]]
         parts.append("</ul>")
     parts.append("<h2>How these numbers are measured</h2><ul>")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import EdgedermError
-from ..fsutil import _json_default
+from ..fsutil import json_default
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class ResultsStore:
     def append(self, result: dict[str, Any]) -> None:
         """Append one result as one line (a single write, then fsync)."""
         doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **result}
-        line = (json.dumps(doc, default=_json_default, allow_nan=False) + "\n").encode("utf-8")
+        line = (json.dumps(doc, default=json_default, allow_nan=False) + "\n").encode("utf-8")
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:

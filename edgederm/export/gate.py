@@ -56,7 +56,7 @@ from ..data.records import DatasetIndex
 from ..decision import decide
 from ..errors import EdgedermError
 from ..fsutil import jsonable, write_json_atomic, write_text_atomic
-from ..metrics import DEFAULT_MELANOMA, bootstrap_ci, mcnemar, paired_bootstrap
+from ..metrics import DEFAULT_MELANOMA, bootstrap_ci, format_ci_entry, mcnemar, paired_bootstrap
 from ..runtime.base import Predictor
 
 log = logging.getLogger(__name__)
@@ -380,8 +380,7 @@ class GateResult:
         rm, am, c = self.reference_metrics, self.artifact_metrics, self.comparison
         lines.append(f"| reference | {_ci(rm, 'bacc')} | {_ci(rm, 'mel_sensitivity')} | {_ci(rm, 'mel_specificity')} | — | — | — | — |")
         d = c.get("bacc_diff") or {}
-        diff = "—" if d.get("diff") is None else f"{100 * d['diff']:+.1f} pp" + (
-            f" [{100 * d['lo']:+.1f} to {100 * d['hi']:+.1f}]" if d.get("lo") is not None else "")
+        diff = "—" if d.get("diff") is None else f"{_pp_ci(d)} pp"
         lines.append(
             f"| artifact | {_ci(am, 'bacc')} | {_ci(am, 'mel_sensitivity')} | {_ci(am, 'mel_specificity')} | "
             f"{_num(c.get('agreement'))} | {_num(c.get('max_prob_diff'))} | {diff} | {_num((c.get('mcnemar') or {}).get('p_value'))} |"
@@ -608,8 +607,8 @@ def _paired_rules(c: Mapping[str, Any], ref: Mapping[str, Any], art: Mapping[str
     if d.get("diff") is not None and -100 * d["diff"] > tol.bacc_pp + _EPS and d.get("hi") is not None and d["hi"] < 0:
         r, a = _value(ref, "bacc"), _value(art, "bacc")
         reasons.append(
-            f"BACC dropped {-100 * d['diff']:.1f} pp ({r:.3f} → {a:.3f}), paired 95% CI of the change "
-            f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] pp excludes 0; margin {tol.bacc_pp:g} pp"
+            f"BACC dropped {-100 * d['diff']:.1f} pp ({r:.3f} → {a:.3f}), change {_pp_ci(d)} pp: "
+            f"its paired 95% CI excludes 0; margin {tol.bacc_pp:g} pp"
         )
     return reasons
 
@@ -685,12 +684,12 @@ def fidelity_check(artifact: PoolPredictions, reference: PoolPredictions, classe
                            "max_prob_diff": float(np.abs(ap - rp).max()) if n else None,
                            "rules": {"agreement": tol.fidelity_agreement, "mel_kept": tol.fidelity_mel_kept}}
     if agree["value"] is not None and agree["value"] < tol.fidelity_agreement - _EPS:
-        reasons.append(f"fidelity pool: agreement with the reference {agree['value']:.4f} "
-                       f"[{agree['lo']:.4f}–{agree['hi']:.4f}] < {tol.fidelity_agreement:g} on {n} images")
+        reasons.append(f"fidelity pool: agreement with the reference {format_ci_entry(agree, digits=4)} "
+                       f"< {tol.fidelity_agreement:g} on {n} images")
     mk = kept.get(mel) if mel else None
     if mk and mk["n"] and mk["value"] < tol.fidelity_mel_kept - _EPS:
-        reasons.append(f"fidelity pool: kept {mk['k']} of the reference's {mk['n']} melanoma calls ({mk['value']:.4f}, "
-                       f"95% CI {mk['lo']:.4f}–{mk['hi']:.4f}) < {tol.fidelity_mel_kept:g}")
+        reasons.append(f"fidelity pool: kept {mk['k']} of the reference's {mk['n']} melanoma calls "
+                       f"({format_ci_entry(mk, digits=4)}, 95% CI) < {tol.fidelity_mel_kept:g}")
     out["reasons"] = reasons
     out["passed"] = not reasons
     return out
@@ -699,11 +698,11 @@ def fidelity_check(artifact: PoolPredictions, reference: PoolPredictions, classe
 def _fidelity_markdown(fid: Mapping[str, Any]) -> str:
     a = fid["agreement"]
     lines = [f"Label-free fidelity on {fid['n']} unlabelled images: agreement with the reference's decisions "
-             f"{_num(a['value'], 4)} [95% CI {_num(a['lo'], 4)}–{_num(a['hi'], 4)}] (rule ≥ {fid['rules']['agreement']:g}); "
+             f"{format_ci_entry(a, digits=4)} (95% CI; rule ≥ {fid['rules']['agreement']:g}); "
              f"largest probability change {_num(fid.get('max_prob_diff'), 4)}.", "",
              "| reference's call | calls | kept by the artifact | kept [95% exact CI] |", "|---|---:|---:|:---:|"]
     for cls, k in fid["kept"].items():
-        lines.append(f"| {cls} | {k['n']} | {k['k']} | {_num(k['value'], 4)} [{_num(k['lo'], 4)}–{_num(k['hi'], 4)}] |")
+        lines.append(f"| {cls} | {k['n']} | {k['k']} | {format_ci_entry(k, digits=4)} |")
     return "\n".join(lines)
 
 
@@ -716,9 +715,13 @@ def _ci(m: Mapping[str, Any] | None, key: str) -> str:
     e = (m or {}).get(key)
     if not isinstance(e, Mapping) or e.get("value") is None:
         return "n/a"
-    if e.get("lo") is None or e.get("hi") is None:
-        return _num(e["value"])
-    return f"{_num(e['value'])} [{_num(e['lo'])}–{_num(e['hi'])}]"
+    return format_ci_entry(e)
+
+
+def _pp_ci(d: Mapping[str, Any]) -> str:
+    """A paired BACC difference in percentage points: ``-1.2 [-3.0 to +0.4]``."""
+    pp = {k: None if d.get(k) is None else 100 * d[k] for k in ("diff", "lo", "hi")}
+    return format_ci_entry(pp, digits=1, key="diff", signed=True)
 
 
 def _size(n: int | None) -> str:

@@ -46,6 +46,7 @@ from ..data.records import DatasetIndex
 from ..data.splits import apply_split, make_splits, read_split_csv, write_split_csv
 from ..errors import DataError, EdgedermError
 from ..fsutil import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from ..metrics import format_ci_entry
 from ..provenance import command
 from .data import SegDataset, load_mask, load_pair, seg_spec
 from .infer import MODEL_NAME, load_segmenter, predict_mask  # noqa: F401  (public here too)
@@ -524,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t, b = res["test"], res["test"]["baselines"]
 
     def fmt(d: dict[str, Any]) -> str:
-        return f"{d['value']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+        return format_ci_entry(d)
 
     print(f"test n={t['n']}  Dice / IoU (mean per image, 95% CI)")
     print(f"  model            {fmt(t['model']['dice'])}  {fmt(t['model']['iou'])}")

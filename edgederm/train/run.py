@@ -49,6 +49,7 @@ from ..data.splits import (
 from ..errors import DataError, EdgedermError, ImageError
 from ..evaluate import EvalResult, predict_index, score
 from ..fsutil import jsonable, sha256_file, write_json_atomic, write_text_atomic
+from ..metrics import format_ci_entry
 from ..preprocess import PreprocessSpec
 from ..provenance import command
 from .config import TrainConfig
@@ -563,7 +564,7 @@ def format_variants(rows: list[dict[str, Any]], base: str) -> str:
     def ci(d: dict[str, Any] | None) -> str:
         if not d or d.get("value") is None:
             return "—"
-        return f"{d['value']:.3f} [{d['lo']:.3f}–{d['hi']:.3f}]"
+        return format_ci_entry(d)
 
     head = "| variant | " + " | ".join(VARIANT_METRICS) + f" | ΔBACC vs {base} [95% CI] | McNemar p |"
     lines = [head, "|---|" + "---:|" * (len(VARIANT_METRICS) + 2)]
@@ -572,7 +573,7 @@ def format_variants(rows: list[dict[str, Any]], base: str) -> str:
         vs = r.get("vs_baseline")
         if vs:
             d = vs["bacc"]
-            delta = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            delta = format_ci_entry(d, key="diff", signed=True)
             p = f"{vs['mcnemar']['p_value']:.3g}"
         else:
             delta, p = "(baseline)", "—"
