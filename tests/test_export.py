@@ -85,12 +85,12 @@ def temp_targets() -> Iterator[list[str]]:
 # -- the registry ---------------------------------------------------------------------------------
 def test_registry_lists_every_target_once() -> None:
     expected = ["onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8", "tflite", "tflite-fp16",
-                "tflite-int8", "tensorrt-fp16", "tensorrt-int8"]
+                "tflite-int8", "tensorrt-fp16", "tensorrt-int8", "executorch", "executorch-int8"]
     assert list(TARGETS) == expected
     table = targets_table(availability=True)
     for name, t in TARGETS.items():
         assert f"`{name}`" in table and f"model{t.suffix}" in table
-        assert t.format in BACKENDS or t.format in ("openvino", "tflite", "tensorrt")
+        assert t.format in BACKENDS
     assert "calibration`: minmax\\|entropy\\|percentile" in table
     assert resolve_targets("all") == (list(TARGETS.values()), True)
     assert [t.name for t in resolve_targets("onnx, onnx-int8")[0]] == ["onnx", "onnx-int8"]
