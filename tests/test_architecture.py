@@ -180,3 +180,27 @@ def test_the_docs_table_is_generated_from_the_formats_table() -> None:
 
     doc = (PKG.parent / "export" / "README.md").read_text(encoding="utf-8")
     assert targets_table() in doc, "export/README.md's targets table is stale: regenerate it with targets_table()"
+
+
+def test_a_folder_shaped_format_is_found_as_one_artifact(tmp_path: Path) -> None:
+    """A format whose artifact is a folder (CoreML's .mlpackage) needs only its row: the bench's
+    artifact expander then lists the folder once and none of the files inside it."""
+    from edgederm.bench.targets import expand_artifacts
+    from edgederm.formats.table import Format, register_format
+    from edgederm.runtime.registry import BACKENDS
+
+    register_format(Format(name="zz-folder", suffixes=(".zzpackage",), label="zz", runtime="edgederm.formats.onnx.runtime:OnnxPredictor",
+                           folder=True))
+    try:
+        pkg = tmp_path / "exports" / "model.zzpackage"
+        (pkg / "Data").mkdir(parents=True)
+        (pkg / "Data" / "weights.bin").write_bytes(b"\0")
+        (pkg / "Manifest.json").write_text("{}")
+        (tmp_path / "exports" / "other.onnx").write_bytes(b"\0")
+        (tmp_path / "exports" / "stray.zzpackage").write_text("a file, not a package")
+        found = expand_artifacts([tmp_path / "exports"])
+        assert sorted(p.name for p in found) == ["model.zzpackage", "other.onnx"]
+        assert format_for(pkg).name == "zz-folder"
+    finally:
+        FORMATS.pop("zz-folder", None)
+        BACKENDS.pop("zz-folder", None)
