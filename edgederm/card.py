@@ -497,7 +497,8 @@ def card_problems(d: Any) -> list[str]:
 def validate_path(path: str | Path) -> tuple[ArtifactCard | None, list[str]]:
     """``edgederm card validate``: the card of a ``.card.json`` or artifact and all its problems.
 
-    An artifact must also pass the integrity and agreement checks of ``load_card`` (they raise).
+    An artifact must also pass the integrity and agreement checks of ``load_card`` (they raise),
+    and the precision its card records must be what the file holds (``formats.precision``).
     A ``.card.json`` is read as a raw document so every schema problem is listed, not the first.
     """
     p = Path(path)
@@ -509,4 +510,19 @@ def validate_path(path: str | Path) -> tuple[ArtifactCard | None, list[str]]:
         problems = card_problems(d)
         return (None if problems else ArtifactCard.from_dict(d, source=str(p))), problems
     card = load_card(p)
-    return card, check_consistency(card)
+    return card, [*check_consistency(card), *_precision_problems(p, card)]
+
+
+def _precision_problems(path: Path, card: ArtifactCard) -> list[str]:
+    """The card's ``artifact.precision`` (and op counts) against the ones counted in the file."""
+    from .formats.precision import measure, problems
+
+    recorded = card.artifact or {}
+    if "precision" not in recorded:
+        return []
+    try:
+        measured = measure(path, recorded.get("exporter"))
+    except (ImportError, MissingExtraError) as e:  # the format's toolkit is not installed here
+        log.info("%s: precision not checked (%s)", path, e)
+        return []
+    return problems(recorded, measured) if measured is not None else []

@@ -731,14 +731,15 @@ def _size(n: int | None) -> str:
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``| target | size | BACC [CI] | MEL sens [CI] | agreement | MEL lost | fidelity | verdict |``
+    """``| target | precision | size | BACC [CI] | MEL sens [CI] | agreement | MEL lost | fidelity | verdict |``
     for an export run.
 
-    Each row: ``target``, ``size_bytes``, ``verdict`` and, when gated, ``gate`` (a
+    Each row: ``target``, ``size_bytes``, ``verdict``, the measured ``precision`` (with
+    ``quantized_ops`` / ``compute_ops`` when counted) and, when gated, ``gate`` (a
     ``GateResult.summary()``); the reference row has ``reference`` metrics instead.
     """
-    lines = ["| target | size | BACC [95% CI] | MEL sens [95% CI] | agreement | melanomas lost | fidelity pool: agreement, MEL calls kept [95% CI] | verdict |",
-             "|---|---:|:---:|:---:|:---:|:---:|:---:|---|"]
+    lines = ["| target | precision | size | BACC [95% CI] | MEL sens [95% CI] | agreement | melanomas lost | fidelity pool: agreement, MEL calls kept [95% CI] | verdict |",
+             "|---|---|---:|:---:|:---:|:---:|:---:|:---:|---|"]
     for row in rows:
         g = row.get("gate") or {}
         m = {k: g.get(k) for k in ("bacc", "mel_sensitivity")} if g else (row.get("metrics") or {})
@@ -752,9 +753,19 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 f"{k.get('k')}/{k.get('n')} [{_num(k.get('lo'), 3)}–{_num(k.get('hi'), 3)}]" if k.get("n") else "no MEL calls")
         else:
             fid_text = "—"
-        lines.append(f"| {row['target']} | {_size(row.get('size_bytes'))} | {_ci(m, 'bacc')} | {_ci(m, 'mel_sensitivity')} | "
+        lines.append(f"| {row['target']} | {precision_text(row)} | {_size(row.get('size_bytes'))} | {_ci(m, 'bacc')} | {_ci(m, 'mel_sensitivity')} | "
                      f"{_num(agree) if agree is not None else '—'} | {lost.get(mel, '—') if mel else '—'} | {fid_text} | {row.get('verdict', '')} |")
     return "\n".join(lines)
+
+
+def precision_text(row: Mapping[str, Any]) -> str:
+    """``int8 (50/50 ops INT8)``, ``mixed (40/50 ops INT8)``, ``fp16``: the measured precision
+    and, for a quantized artifact, its count of quantized compute ops."""
+    p = row.get("precision")
+    if not p:
+        return "—"
+    q, n = row.get("quantized_ops"), row.get("compute_ops")
+    return f"{p} ({q}/{n} ops INT8)" if q and n else str(p)
 
 
 # -- the stand-alone CI gate ----------------------------------------------------------------------

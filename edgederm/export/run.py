@@ -12,8 +12,13 @@ an interrupted one is deleted (or, after a hard kill, cleaned up by the next exp
 with sensitive layers in float → FP16) and keeps the first that passes; the card records every
 recipe tried with its gate metrics. ``--target all`` makes every target this machine can make and
 reports the rest as skipped with the reason (TensorRT targets then get the CPU FP16 precheck).
-A summary table (target, size, BACC [CI], MEL sens [CI], agreement, verdict) is written to
+A summary table (target, measured precision, size, BACC [CI], MEL sens [CI], agreement, verdict) is written to
 ``RUN/export/gate.md`` (and ``summary.json``).
+
+An artifact's precision is measured from the built file (``edgederm.formats.precision``: how
+many compute ops run quantized, how the weights are stored), never taken from the target's name:
+an ``int8`` target whose file holds no quantized op is recorded, listed and benched as ``fp32`` /
+``fp16``, with a warning.
 """
 
 from __future__ import annotations
@@ -276,6 +281,8 @@ def _export_target(
         "path": str(path),
         "format": chosen.target.format,
         "precision": chosen.card.artifact.get("precision"),
+        "compute_ops": chosen.card.artifact.get("compute_ops"),
+        "quantized_ops": chosen.card.artifact.get("quantized_ops"),
         "recipe": chosen.recipe,
         "size_bytes": chosen.card.artifact.get("size_bytes"),
         "sha256": chosen.card.artifact.get("sha256"),
@@ -302,12 +309,16 @@ def _attempt(
         info = dict(t.build(ctx, path, **opts) or {})
         if not path.exists():
             raise EdgedermError(f"target {t.name} wrote no {path.name}")
-        precision = str(info.pop("precision", t.precision))
+        measured = _measure(path, t, info)
+        precision = str(measured.get("precision") or info.get("precision") or t.precision)
+        info.pop("precision", None)
         card = ctx.export_card(target=dest.name, fmt=t.format, precision=precision, info=info, recipe=recipe, options=opts)
+        card.artifact.update({k: v for k, v in measured.items() if k != "precision"})
         _write_card(path, card, t.format)
         att = _Attempt(target=t, recipe=recipe, options=opts, tmp=tmp, path=path, card=card, info=info)
         att.record = {"recipe": recipe, "target": t.name, "precision": precision, "options": opts,
-                      "size_bytes": _size(path)}
+                      "size_bytes": _size(path),
+                      **{k: measured[k] for k in ("compute_ops", "quantized_ops") if k in measured}}
         if gate:
             assert ref is not None and val_index is not None
             # Judged under the decision rule its card ships with (the reference's thresholds).
@@ -327,6 +338,29 @@ def _attempt(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _measure(path: Path, t: Target, info: Mapping[str, Any]) -> dict[str, Any]:
+    """The precision record counted from the built file (``formats.precision.measure``); for a
+    format without an op counter (TensorRT), the exporter's word, marked ``precision_measured: false``."""
+    from ..formats.precision import measure
+
+    try:
+        measured = measure(path, info)
+    except Exception as e:  # a counter that cannot read this file must not lose the build; the card says so
+        log.warning("%s: precision not measured (%s: %s); recording the exporter's %s", t.name, type(e).__name__,
+                    str(e).strip().splitlines()[0] if str(e).strip() else "", info.get("precision") or t.precision)
+        measured = None
+    if measured is None:
+        return {"precision": info.get("precision") or t.precision, "precision_measured": False}
+    measured["precision_measured"] = True
+    if t.precision in ("int8", "mixed") and not measured["quantized_ops"]:
+        log.warning("%s: none of the %d compute ops in the file runs quantized; this is not an INT8 artifact and is "
+                    "recorded as %s", t.name, measured["compute_ops"], measured["precision"])
+    elif measured["precision"] != t.precision:
+        log.info("%s: the file holds %s (%d of %d compute ops quantized), recorded as such", t.name,
+                 measured["precision"], measured["quantized_ops"], measured["compute_ops"])
+    return measured
 
 
 def _gate_artifact(path: Path, fmt: str, name: str, *, ref: Predictions, val_index: Any, tolerances: Tolerances,
@@ -525,7 +559,8 @@ def _write_summary(ctx: ExportContext, out: Path, results: list[dict[str, Any]],
     results = _merge_previous(out, results, ctx.checkpoint_sha256)
     first = next((r for r in results if r.get("gate")), None)
     if ref_metrics is not None:
-        rows.append({"target": f"reference: {ctx.checkpoint.name} (FP32)", "size_bytes": ctx.checkpoint.stat().st_size,
+        rows.append({"target": f"reference: {ctx.checkpoint.name} (FP32)", "precision": "fp32",
+                     "size_bytes": ctx.checkpoint.stat().st_size,
                      "metrics": ref_metrics, "verdict": "—"})
     for r in results:
         row = dict(r)

@@ -11,7 +11,8 @@ the bench and the docs table read these rows; nothing else maps a suffix to a fo
 
 Adding a format is a folder ``edgederm/formats/<name>/`` (``metadata.py``: read/write the card
 text inside a file; ``runtime.py``: ``open(path, card, **options) -> Predictor``; ``export.py``:
-build functions) and one row below.
+build functions; ``ops.py``: ``count_ops(path, info=None)``, what the file computes in, from which
+``edgederm.formats.precision`` derives the precision the card records) and one row below.
 
 This module imports nothing from the rest of edgederm except ``errors``: everything else may
 import it without forming an import cycle.
@@ -96,7 +97,7 @@ class TargetSpec:
     ``build(ctx, out, **options) -> dict``."""
 
     name: str
-    precision: str  # fp32 | fp16 | int8 | mixed: what the recipe aims for (the card records what the file holds)
+    precision: str  # fp32 | fp16 | int8 | mixed: what the recipe aims for (the card records what the file holds, edgederm.formats.precision)
     build: str
     description: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)
@@ -115,6 +116,7 @@ class Format:
     label: str  # the runtime's name in benchmark results
     runtime: str  # "module:callable" -> open(path, card, **options) -> Predictor
     metadata: str | None = None  # module with read_card_text(path) / write_card_text(path, text)
+    ops: str | None = None  # "module:callable" -> count_ops(path, info=None) -> OpCount (edgederm.formats.precision)
     exporter: str | None = None  # module holding the build functions of ``targets``
     extra: str | None = None  # pip extra: pip install 'edgederm[extra]'
     module: str | None = None  # importable module the runtime needs
@@ -183,7 +185,7 @@ for _fmt in (
     ),
     Format(
         name="onnx", suffixes=(".onnx",), label="onnxruntime", runtime=_P + "onnx.runtime:OnnxPredictor",
-        metadata=_P + "onnx.metadata", exporter=_P + "onnx.export", extra="onnx", module="onnxruntime",
+        metadata=_P + "onnx.metadata", ops=_P + "onnx.ops:count_ops", exporter=_P + "onnx.export", extra="onnx", module="onnxruntime",
         preload=("onnxruntime", "onnx"), runner="onnxruntime",
         targets=(
             TargetSpec("onnx", "fp32", "build_onnx", modules=("onnx", "onnxruntime"),
@@ -219,7 +221,7 @@ for _fmt in (
     ),
     Format(
         name="openvino", suffixes=(".xml",), label="openvino", runtime=_P + "openvino.runtime:OpenVinoPredictor",
-        metadata=_P + "openvino.metadata", exporter=_P + "openvino.export", extra="openvino", module="openvino",
+        metadata=_P + "openvino.metadata", ops=_P + "openvino.ops:count_ops", exporter=_P + "openvino.export", extra="openvino", module="openvino",
         preload=("openvino",), companions=(".bin",), batch_option=True, runner="openvino",
         targets=(
             TargetSpec("openvino", "fp16", "build_openvino", modules=("openvino",),
@@ -232,6 +234,8 @@ for _fmt in (
                     "subset_size": _CALIB,
                     "accuracy_control": Option(False, "nncf.quantize_with_accuracy_control with BACC as the metric"),
                     "max_drop": Option(0.01, "accuracy control: largest BACC drop allowed (absolute)", type=float),
+                    "fast_bias_correction": Option(False, "NNCF's fast bias correction (false: the full one, measured "
+                                                          "1.3 dB better at the logits, docs/quantization.md)"),
                 },
                 auto=(
                     Recipe("int8-performance", {"preset": "performance"}, description="NNCF PTQ, symmetric activations"),
@@ -245,7 +249,7 @@ for _fmt in (
     ),
     Format(
         name="tflite", suffixes=(".tflite",), label="litert", runtime=_P + "tflite.runtime:TFLitePredictor",
-        metadata=_P + "tflite.metadata", exporter=_P + "tflite.export", extra="tflite", module="ai_edge_litert",
+        metadata=_P + "tflite.metadata", ops=_P + "tflite.ops:count_ops", exporter=_P + "tflite.export", extra="tflite", module="ai_edge_litert",
         preload=("ai_edge_litert.interpreter", "ai_edge_litert.schema_py_generated"), runner="litert",
         targets=(
             TargetSpec("tflite", "fp32", "build_tflite", modules=("litert_torch", "ai_edge_litert"),
@@ -279,6 +283,7 @@ for _fmt in (
     Format(
         name="executorch", suffixes=(".pte",), label="executorch-xnnpack",
         runtime=_P + "executorch.runtime:ExecuTorchPredictor", metadata=_P + "executorch.metadata",
+        ops=_P + "executorch.ops:count_ops",
         exporter=_P + "executorch.export", extra="executorch", module="executorch",
         preload=("torch", "executorch.runtime"),
         note="PyTorch's on-device runtime (Android/iOS); the card is the program's edgederm_card method",
