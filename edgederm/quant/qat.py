@@ -101,6 +101,7 @@ def quantize_aware(
     batch: int = BATCH,
     temperature: float = TEMPERATURE,
     hflip: bool = True,
+    train_ranges: bool = True,
     seed: int = 0,
 ) -> tuple["nn.Module", dict[str, Any]]:
     """A fine-tuned fake-quantized copy of ``model`` (left untouched) and what was done.
@@ -137,7 +138,10 @@ def quantize_aware(
     check = images[:CHECK_IMAGES]
     before = fidelity(quantized, teacher, check)
 
-    params = [p for p in quantized.parameters() if p.requires_grad]
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    ranges = {id(p) for m in quantized.modules() if isinstance(m, BaseQuantizer) for p in m.parameters()}
+    params = [p for p in quantized.parameters() if p.requires_grad and (train_ranges or id(p) not in ranges)]
     opt = torch.optim.Adam(params, lr=lr)
     rng = np.random.default_rng(seed)
     t_scale = float(temperature)
@@ -174,6 +178,7 @@ def quantize_aware(
             "batch": int(batch),
             "temperature": t_scale,
             "hflip": bool(hflip),
+            "train_ranges": bool(train_ranges),
             "train_images": int(len(images)),
             "calibration_batches": len(items),
             "preset": preset,
