@@ -30,7 +30,7 @@ from edgederm.runtime import load  # noqa: E402
 from test_gate import _seal, train_tiny_run  # noqa: E402
 
 QAT_IMAGES = 48
-# Toy scale: a 32 px small_cnn, more epochs with a larger step than the real defaults (2, 5e-5);
+# Toy scale: a 32 px small_cnn, more epochs with a larger step than the real defaults (2, 1e-5);
 # at 1e-3 the toy model overshoots and ends farther from FP32 than it started (measured).
 TOY = {"qat": True, "qat_images": QAT_IMAGES, "qat_epochs": 6, "qat_lr": 3e-4, "subset_size": 32}
 

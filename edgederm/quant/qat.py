@@ -96,7 +96,7 @@ def quantize_aware(
     images: np.ndarray,
     *,
     epochs: int = 2,
-    lr: float = 5e-5,
+    lr: float = 1e-5,
     preset: str = "performance",
     batch: int = BATCH,
     temperature: float = TEMPERATURE,

@@ -284,7 +284,7 @@ def build_openvino(ctx: "ExportContext", out: Path, *, compress_to_fp16: bool) -
 
 def build_openvino_int8(
     ctx: "ExportContext", out: Path, *, preset: str, subset_size: int, accuracy_control: bool, max_drop: float,
-    qat: bool = False, qat_epochs: int = 2, qat_images: int = 600, qat_lr: float = 5e-5,
+    qat: bool = False, qat_epochs: int = 2, qat_images: int = 600, qat_lr: float = 1e-5,
 ) -> dict[str, Any]:
     if qat:
         if accuracy_control:
@@ -318,7 +318,7 @@ def quantize_openvino_qat(
     *,
     preset: str = "performance",
     epochs: int = 2,
-    lr: float = 5e-5,
+    lr: float = 1e-5,
 ) -> dict[str, Any]:
     """INT8 IR of ``model`` after NNCF quantization-aware fine-tuning on ``images`` (train split).
 
