@@ -287,7 +287,13 @@ def build_openvino(ctx: "ExportContext", out: Path, *, compress_to_fp16: bool) -
 def build_openvino_int8(
     ctx: "ExportContext", out: Path, *, preset: str, subset_size: int, accuracy_control: bool, max_drop: float,
     fast_bias_correction: bool = False,
+    qat: bool = False, qat_epochs: int = 2, qat_images: int = 600, qat_lr: float = 1e-5,
 ) -> dict[str, Any]:
+    if qat:
+        if accuracy_control:
+            raise EdgedermError("openvino-int8: qat and accuracy_control are two recipes; choose one")
+        return build_openvino_int8_qat(ctx, out, preset=preset, subset_size=subset_size, qat_epochs=qat_epochs,
+                                       qat_images=qat_images, qat_lr=qat_lr)
     # Accuracy control measures BACC on train-split images, never on validation: validation is
     # what the gate judges the artifact on afterwards.
     validate = ctx.bacc_validator() if accuracy_control else None
@@ -298,3 +304,73 @@ def build_openvino_int8(
     )
     return {"preset": preset, "subset_size": subset_size, "accuracy_control": accuracy_control,
             "fast_bias_correction": fast_bias_correction, **dict(info or {})}
+
+
+
+# -- quantization-aware fine-tuning (the last INT8 recipe; edgederm.quant.qat) --------------------
+def precision_of(quantized_ops: int, float_ops: int) -> str:
+    """What an IR computes, from its compute ops: int8 (most quantized), mixed, or fp32 (none)."""
+    if quantized_ops == 0:
+        return "fp32"
+    return "int8" if quantized_ops >= float_ops else "mixed"
+
+
+def quantize_openvino_qat(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: Sequence[np.ndarray],
+    images: np.ndarray,
+    out_xml: Path,
+    *,
+    preset: str = "performance",
+    epochs: int = 2,
+    lr: float = 1e-5,
+) -> dict[str, Any]:
+    """INT8 IR of ``model`` after NNCF quantization-aware fine-tuning on ``images`` (train split).
+
+    The fine-tuned torch module goes through ``ov.convert_model`` as NNCF documents: its fake
+    quantizers become FakeQuantize ops, which the CPU plugin runs as INT8.
+    """
+    from ...quant.qat import quantize_aware
+
+    _require("openvino", "OpenVINO INT8 quantization-aware training")
+    t0 = time.perf_counter()
+    out_xml = Path(out_xml)
+    quantized, qinfo = quantize_aware(model, calibration, images, epochs=epochs, lr=lr, preset=preset)
+    with warnings.catch_warnings():
+        # NNCF's quantizers read their levels with .item() while traced: constant by design.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        ov_model, info = convert_to_openvino(quantized, example)
+    q_ops, f_ops = compute_op_precision(ov_model)
+    save_ir_atomic(ov_model, out_xml, compress_to_fp16=False)
+    info.update(
+        qinfo,
+        format="openvino",
+        precision=precision_of(len(q_ops), len(f_ops)),
+        recipe="nncf-qat",
+        preset=preset,
+        quantized_ops=len(q_ops),
+        float_ops=f_ops,
+        nncf=package_version("nncf"),
+        files=[out_xml.name, ir_bin_path(out_xml).name],
+        size_bytes=_ir_size(out_xml),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    log.info("OpenVINO INT8 (nncf-qat): %d ops quantized, %d in float -> %s (%.1f s)", len(q_ops), len(f_ops), out_xml,
+             info["seconds"])
+    return info
+
+
+def build_openvino_int8_qat(
+    ctx: "ExportContext", out: Path, *, preset: str, subset_size: int, qat_epochs: int, qat_images: int, qat_lr: float
+) -> dict[str, Any]:
+    """``openvino-int8`` with ``qat=true``: NNCF PTQ on the calibration images, then fine-tuning
+    on ``qat_images`` train-split images distilled from the FP32 model."""
+    from ...quant.qat import BATCH, qat_records
+
+    records = qat_records(ctx, qat_images)
+    images = ctx.preprocess_records(records)
+    calibration = list(ctx.calibration_batches(subset_size, BATCH))
+    info = quantize_openvino_qat(ctx.model, ctx.example(), calibration, images, out, preset=preset, epochs=qat_epochs, lr=qat_lr)
+    return {"preset": preset, "subset_size": subset_size, "qat": True, "qat_epochs": qat_epochs, "qat_images": len(records),
+            "qat_lr": qat_lr, **info}

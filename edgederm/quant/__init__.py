@@ -1,0 +1,1 @@
+"""Quantization beyond a converter's post-training pass (``qat``: quantization-aware fine-tuning)."""
