@@ -18,7 +18,8 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install '
 from edgederm.card import ArtifactCard, load_card, sidecar_path  # noqa: E402
 from edgederm.checkpoint import load_checkpoint  # noqa: E402
 from edgederm.errors import EdgedermError, MissingExtraError  # noqa: E402
-from edgederm.formats.openvino.export import compute_op_precision, export_openvino, quantize_openvino  # noqa: E402
+from edgederm.formats.openvino.export import export_openvino, quantize_openvino  # noqa: E402
+from edgederm.formats.openvino.ops import classify  # noqa: E402
 from edgederm.runtime import load  # noqa: E402
 from edgederm.card import embed_card, read_embedded_card  # noqa: E402
 from edgederm.formats.openvino.metadata import ir_bin_path  # noqa: E402
@@ -130,7 +131,7 @@ def test_int8_ptq_agrees_with_fp32(tiny, tmp_path: Path) -> None:
     assert info["quantized_ops"] > 0 and info["reverted_ops"] == []
     import openvino as ov
 
-    quantized, _ = compute_op_precision(ov.Core().read_model(str(xml)))
+    quantized, _ = classify(ov.Core().read_model(str(xml)))
     assert len(quantized) == info["quantized_ops"]
     _finish(xml, card, "int8")
 

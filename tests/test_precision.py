@@ -148,10 +148,11 @@ def test_openvino_int8_with_every_op_ignored_is_not_int8(ctx: ExportContext, tmp
     pytest.importorskip("nncf")
     import openvino as ov
 
-    from edgederm.formats.openvino.export import compute_op_precision, quantize_openvino
+    from edgederm.formats.openvino.export import quantize_openvino
+    from edgederm.formats.openvino.ops import classify
 
     fp32 = ov.convert_model(str(ctx.onnx_fp32()))
-    _, ops = compute_op_precision(fp32)
+    _, ops = classify(fp32)
     assert len(ops) == COMPUTE_OPS
     xml = tmp_path / "m.xml"
     info = quantize_openvino(ctx.model, ctx.example(), ctx.calibration_batches(16, 1), xml, onnx_path=ctx.onnx_fp32(),

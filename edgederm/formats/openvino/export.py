@@ -30,8 +30,7 @@ from ...provenance import package_version
 from ...export.context import single_samples
 from ..precision import derive
 from .metadata import ir_bin_path, save_ir_atomic
-from .ops import AGNOSTIC_OPS as _AGNOSTIC_OPS  # noqa: F401  (names other code imported from here)
-from .ops import COMPUTE_OPS, classify, count_model  # noqa: F401
+from .ops import count_model
 
 if TYPE_CHECKING:
     from ...export.context import ExportContext
@@ -130,16 +129,10 @@ def export_openvino(
     return info
 
 
-def compute_op_precision(ov_model: Any) -> tuple[list[str], list[str]]:
-    """(quantized, float) names of the compute ops: quantized = activation fed by a FakeQuantize
-    and an 8-bit (or FakeQuantized) weight (``ops.classify``)."""
-    return classify(ov_model)
-
-
 class _RestorerLog(logging.Handler):
     """What NNCF's accuracy restorer did, read from its log (its API returns only the model).
 
-    The structural view (``compute_op_precision`` on the result) is recorded as well; this adds
+    The structural view (``ops.classify`` on the result) is recorded as well; this adds
     the metrics NNCF measured and which operations the restorer reverted, in its order.
     """
 
@@ -308,13 +301,6 @@ def build_openvino_int8(
 
 
 # -- quantization-aware fine-tuning (the last INT8 recipe; edgederm.quant.qat) --------------------
-def precision_of(quantized_ops: int, float_ops: int) -> str:
-    """What an IR computes, from its compute ops: int8 (most quantized), mixed, or fp32 (none)."""
-    if quantized_ops == 0:
-        return "fp32"
-    return "int8" if quantized_ops >= float_ops else "mixed"
-
-
 def quantize_openvino_qat(
     model: nn.Module,
     example: torch.Tensor,
@@ -341,23 +327,24 @@ def quantize_openvino_qat(
         # NNCF's quantizers read their levels with .item() while traced: constant by design.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         ov_model, info = convert_to_openvino(quantized, example)
-    q_ops, f_ops = compute_op_precision(ov_model)
+    count = count_model(ov_model)  # the same counter and rule as post-training INT8
     save_ir_atomic(ov_model, out_xml, compress_to_fp16=False)
     info.update(
         qinfo,
         format="openvino",
-        precision=precision_of(len(q_ops), len(f_ops)),
+        precision=derive(count)["precision"],
         recipe="nncf-qat",
         preset=preset,
-        quantized_ops=len(q_ops),
-        float_ops=f_ops,
+        quantized_ops=count.quantized_ops,
+        compute_ops=count.compute_ops,
+        float_ops=count.float_op_names,
         nncf=package_version("nncf"),
         files=[out_xml.name, ir_bin_path(out_xml).name],
         size_bytes=_ir_size(out_xml),
         seconds=round(time.perf_counter() - t0, 3),
     )
-    log.info("OpenVINO INT8 (nncf-qat): %d ops quantized, %d in float -> %s (%.1f s)", len(q_ops), len(f_ops), out_xml,
-             info["seconds"])
+    log.info("OpenVINO INT8 (nncf-qat): %d of %d compute ops quantized -> %s (%.1f s)", count.quantized_ops,
+             count.compute_ops, out_xml, info["seconds"])
     return info
 
 
